@@ -1,0 +1,1 @@
+"""Readers, harmonization, typed-token timelines and the `datasets` build behind `sparseehr prepare`."""

@@ -1,0 +1,1 @@
+"""Synthetic two-health-system EHR simulator behind `sparseehr synth`."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, cohorts, scorers (model and baselines), reports and the `sparseehr eval` CLI."""

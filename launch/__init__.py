@@ -1,0 +1,1 @@
+"""Training: config, DeepSpeed engine set-up, the loop, checkpoints, export."""

@@ -1,0 +1,3 @@
+from sparseehr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""Shared test settings: one CPU thread, DeepSpeed on CPU, paths to the shared real data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SPARSEEHR_SHARED", REPO_ROOT.parent / "shared"))
+MIMIC_DEMO_HOSP = SHARED / "data" / "mimic-iv-demo-2.2" / "hosp"
+ICD_GEMS = SHARED / "data" / "icd-gems"
+
+
+@pytest.fixture(scope="session")
+def mimic_demo_hosp() -> Path:
+    if not MIMIC_DEMO_HOSP.is_dir():
+        pytest.fail(f"the real MIMIC-IV demo is expected at {MIMIC_DEMO_HOSP} (set SPARSEEHR_SHARED)")
+    return MIMIC_DEMO_HOSP
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
