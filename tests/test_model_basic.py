@@ -1,0 +1,103 @@
+"""SparseEHR model: shapes, config validation, presets, Auto-class registration and save/load round trip."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparseehr  # noqa: F401  (registers the Auto classes)
+from sparseehr.model.configuration_sparseehr import SparseEHRConfig
+from sparseehr.model.modeling_sparseehr import SparseEHRForCausalLM, SparseEHRModel
+from sparseehr.model.presets import PRESETS, get_preset
+
+
+def tiny_model(seed: int = 0, **overrides) -> SparseEHRForCausalLM:
+    torch.manual_seed(seed)
+    return SparseEHRForCausalLM(get_preset("tiny", **overrides))
+
+
+def test_tiny_shapes_and_outputs():
+    cfg = get_preset("tiny", num_hidden_layers=3, first_k_dense_replace=1)
+    model = SparseEHRForCausalLM(cfg)
+    ids = torch.randint(0, cfg.vocab_size, (2, 7))
+    out = model(ids, labels=ids, output_router_logits=True, output_expert_counts=True)
+    assert out.logits.shape == (2, 7, cfg.vocab_size)
+    assert len(out.router_logits) == 2 and out.router_logits[0].shape == (14, cfg.num_experts)
+    assert out.expert_counts.shape == (2, cfg.num_experts)
+    # top-1: every token is routed exactly once per MoE layer
+    assert out.expert_counts.sum(dim=1).tolist() == [14, 14]
+    assert torch.allclose(out.loss, out.lm_loss + cfg.router_aux_loss_coef * out.aux_loss)
+    # a fresh model is near-uniform over the vocabulary: LM loss close to log(V)
+    assert abs(out.lm_loss.item() - torch.log(torch.tensor(float(cfg.vocab_size))).item()) < 0.5
+    # layer 0 dense, layers 1-2 MoE
+    assert not model.model.layers[0].is_moe and model.model.layers[1].is_moe and model.model.layers[2].is_moe
+    base_out = SparseEHRModel(cfg)(ids)
+    assert base_out.last_hidden_state.shape == (2, 7, cfg.hidden_size)
+
+
+def test_no_labels_means_no_loss_and_no_extras():
+    model = tiny_model()
+    out = model(torch.randint(0, 99, (1, 5)))
+    assert out.loss is None and out.lm_loss is None
+    assert out.aux_loss is not None  # returned for logging, never added without labels
+    assert out.router_logits is None and out.expert_counts is None
+
+
+def test_loss_matches_hand_computed_cross_entropy():
+    model = tiny_model(first_k_dense_replace=2)  # fully dense: loss must equal plain shifted CE
+    ids = torch.randint(0, 99, (2, 6))
+    labels = ids.clone()
+    labels[0, 4:] = -100
+    out = model(ids, labels=labels)
+    logits = out.logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 99), labels[:, 1:].reshape(-1),
+                                                 ignore_index=-100)
+    assert out.aux_loss is None
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(num_attention_heads=3), "num_key_value_heads"),
+    (dict(first_k_dense_replace=5), "first_k_dense_replace"),
+    (dict(num_experts_per_tok=3), "num_experts_per_tok"),
+    (dict(num_experts=3, expert_parallel_size=2), "expert_parallel_size"),
+    (dict(shared_expert_mode="residual", shared_expert_intermediate_size=64), "residual"),
+    (dict(shared_expert_mode="mixed"), "shared_expert_mode"),
+    (dict(router_noise_policy="RSample", num_experts_per_tok=2), "RSample"),
+    (dict(shared_expert_gate=True, shared_expert_intermediate_size=0), "shared_expert_gate"),
+    (dict(eval_capacity_factor=0.0), "eval_capacity_factor"),
+])
+def test_config_rejects_impossible_combinations(bad, message):
+    with pytest.raises(ValueError, match=message):
+        get_preset("tiny", **bad)
+
+
+def test_presets_and_unknown_names():
+    assert set(PRESETS) == {"tiny", "small", "base", "paper"}
+    paper = get_preset("paper")
+    assert (paper.num_hidden_layers, paper.hidden_size, paper.vocab_size) == (16, 2048, 20656)
+    assert (paper.first_k_dense_replace, paper.num_experts, paper.num_experts_per_tok) == (4, 4, 1)
+    assert paper.num_key_value_heads < paper.num_attention_heads  # GQA
+    assert get_preset("small", vocab_size=321).vocab_size == 321
+    with pytest.raises(ValueError, match="unknown model preset"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="top_k"):
+        get_preset("tiny", top_k=2)
+
+
+def test_auto_classes_round_trip_identical_logits(tmp_path):
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    model = tiny_model(seed=3, num_hidden_layers=3, shared_expert_gate=True).eval()
+    ids = torch.randint(0, 99, (2, 9))
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), SparseEHRConfig)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SparseEHRForCausalLM
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is SparseEHRModel
+    assert torch.equal(base.embed_tokens.weight, model.model.embed_tokens.weight)
