@@ -211,7 +211,8 @@ class SparseEHRMoeBlock(nn.Module):
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])  # [N, H]
         valid = token_mask.reshape(-1) if token_mask is not None else None  # [N] bool
         # DeepSpeed's top-1 gate takes `used_token` so padding occupies no capacity (its top-2 gate ignores it).
-        used_token = valid.to(flat.dtype) if valid is not None else None
+        # It must be int64: a float mask turns DeepSpeed's no-drop capacity into a float tensor that topk rejects.
+        used_token = valid.long() if valid is not None else None
         routed, _, _ = self.moe(hidden_states, used_token)
         if self.shared_mlp is not None:
             shared = self.shared_mlp(hidden_states)
