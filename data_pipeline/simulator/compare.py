@@ -1,0 +1,96 @@
+"""Side-by-side realism figures of two MIMIC-IV `hosp` folders (a synthetic one against the real demo)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+TOLERANCE = 1.5   # each synthetic figure should be within this factor of the real one
+
+
+def _read(hosp: Path, name: str, columns: list[str]):
+    path = Path(hosp) / f"{name}.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (expected a MIMIC-IV hosp folder)")
+    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=columns))
+
+
+def hosp_figures(hosp: Path) -> dict[str, float]:
+    """Named figures of one hosp folder; diagnosis categories are ICD-10 3-character categories."""
+    adm = _read(hosp, "admissions", ["subject_id", "hadm_id", "admittime", "dischtime"])
+    dx = _read(hosp, "diagnoses_icd", ["hadm_id", "icd_code", "icd_version"])
+    px = _read(hosp, "procedures_icd", ["hadm_id", "icd_version"])
+    hadm = adm["hadm_id"].to_numpy()
+    subject = adm["subject_id"].to_numpy()
+    admit = adm["admittime"].cast("int64").to_numpy()
+    disch = adm["dischtime"].cast("int64").to_numpy()
+    unit = 1e6 if str(adm.schema.field("admittime").type).endswith("[us]") else 1.0   # seconds per unit
+    day = 86400 * unit
+
+    def per_admission(table) -> np.ndarray:
+        ids, counts = np.unique(table["hadm_id"].to_numpy(), return_counts=True)
+        out = np.zeros(hadm.size)
+        pos = np.searchsorted(np.sort(hadm), ids)
+        out[np.argsort(hadm)[pos]] = counts
+        return out
+
+    _, adm_per_patient = np.unique(subject, return_counts=True)
+    dx_n, px_n = per_admission(dx), per_admission(px)
+    order = np.lexsort((admit, subject))
+    same = subject[order][1:] == subject[order][:-1]
+    gaps = (np.diff(admit[order]) / day)[same]
+    versions = dx["icd_version"].to_numpy()
+    codes10 = pc.utf8_slice_codeunits(dx.filter(pc.equal(dx["icd_version"], 10))["icd_code"], 0, 3)
+    cats, cat_counts = np.unique(codes10.to_numpy(zero_copy_only=False).astype(str), return_counts=True)
+    top = np.argsort(-cat_counts, kind="stable")
+    figures = {
+        "patients": float(adm_per_patient.size),
+        "admissions per patient, mean": adm_per_patient.mean(),
+        "admissions per patient, p50": np.percentile(adm_per_patient, 50),
+        "admissions per patient, p90": np.percentile(adm_per_patient, 90),
+        "diagnoses per admission, mean": dx_n.mean(),
+        "diagnoses per admission, p10": np.percentile(dx_n, 10),
+        "diagnoses per admission, p50": np.percentile(dx_n, 50),
+        "diagnoses per admission, p90": np.percentile(dx_n, 90),
+        "procedures per admission, mean": px_n.mean(),
+        "procedures per admission, p75": np.percentile(px_n, 75),
+        "procedures per admission, p90": np.percentile(px_n, 90),
+        "admissions with a procedure, share": (px_n > 0).mean(),
+        "ICD-9 share of diagnoses": float((versions == 9).mean()),
+        "ICD-9 share of procedures": float((px["icd_version"].to_numpy() == 9).mean()) if px.num_rows else 0.0,
+        "gap between admissions (days), p25": np.percentile(gaps, 25) if gaps.size else float("nan"),
+        "gap between admissions (days), p50": np.percentile(gaps, 50) if gaps.size else float("nan"),
+        "gap between admissions (days), mean": gaps.mean() if gaps.size else float("nan"),
+        "length of stay (days), mean": ((disch - admit) / day).mean(),
+        "top-20 ICD-10 categories, share of ICD-10 codes": cat_counts[top[:20]].sum() / max(cat_counts.sum(), 1),
+    }
+    figures = {k: float(v) for k, v in figures.items()}
+    figures["_top_categories"] = [str(c) for c in cats[top[:20]]]          # type: ignore[assignment]
+    return figures
+
+
+def compare_table(synthetic: Path, real: Path) -> tuple[str, bool]:
+    """Markdown table (figure, synthetic, real, ratio, within tolerance) and whether every figure is within it."""
+    syn, ref = hosp_figures(synthetic), hosp_figures(real)
+    lines = ["| figure | synthetic | real | ratio | within x1.5 |", "|---|---:|---:|---:|:---:|"]
+    all_ok = True
+    for name, real_value in ref.items():
+        if name.startswith("_"):
+            continue
+        value = syn[name]
+        if name == "patients":
+            lines.append(f"| {name} | {value:.0f} | {real_value:.0f} | | |")
+            continue
+        ratio = value / real_value if real_value else float("nan")
+        ok = bool(np.isfinite(ratio) and 1 / TOLERANCE <= ratio <= TOLERANCE)
+        all_ok &= ok
+        lines.append(f"| {name} | {value:.3g} | {real_value:.3g} | {ratio:.2f} | {'yes' if ok else 'NO'} |")
+    top_syn, top_ref = syn["_top_categories"], ref["_top_categories"]
+    shared = [c for c in top_syn if c in set(top_ref)]
+    lines.append(f"| top-20 ICD-10 categories in common | {len(shared)} of 20 | | | |")
+    lines.append("")
+    lines.append(f"synthetic top-20 categories: {' '.join(top_syn)}")
+    lines.append(f"real top-20 categories:      {' '.join(top_ref)}")
+    return "\n".join(lines), all_ok
