@@ -38,7 +38,7 @@ def tiny(**overrides: Any) -> SparseEHRConfig:
 
 
 def small(**overrides: Any) -> SparseEHRConfig:
-    """The CPU demo: trains to a useful next-visit model in a few CPU minutes (~1.3M non-embedding params)."""
+    """The CPU demo: trains to a useful next-visit model in a few CPU minutes (~1.2M non-embedding params)."""
     return _build(dict(vocab_size=4096, hidden_size=128, num_hidden_layers=4, first_k_dense_replace=2,
                        num_attention_heads=4, num_key_value_heads=2, intermediate_size=384,
                        moe_intermediate_size=192, shared_expert_intermediate_size=192, num_experts=4,
