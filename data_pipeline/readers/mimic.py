@@ -1,0 +1,158 @@
+"""MIMIC-IV `hosp` reader: patients, admissions, diagnoses_icd, procedures_icd and (optional) hcpcsevents.
+
+Columns and types are those of the released CSVs (`.csv.gz`, `.csv` or `.parquet`). Every code event takes its
+admission's id and admittime; procedure chart dates are not used because the visit, not the day, is the unit.
+Referential problems (a diagnosis whose subject is not in patients, a code row whose hadm_id is not in
+admissions) are errors, not drops: they mean the extract is inconsistent, and a silent drop would hide that.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparseehr.data_pipeline.errors import PrepareError
+from sparseehr.data_pipeline.readers.common import (
+    TIME_TYPE, VISITS_SCHEMA, RawRecords, csv_line, find_table_file, first_false, make_events, read_table,
+    years_to_timestamps,
+)
+from sparseehr.data_pipeline.schema import (
+    KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX, SUBJECT_ID, SYSTEM_BIRTH, SYSTEM_CPT, SYSTEM_ICD9, SYSTEM_ICD10,
+    SYSTEM_SEX, TIME, VISIT_ID,
+)
+
+# MIMIC-IV column names: this reader is their one home (they are the source format, not our schema).
+MIMIC_SUBJECT, MIMIC_HADM, MIMIC_SEQ = "subject_id", "hadm_id", "seq_num"
+MIMIC_ICD_CODE, MIMIC_ICD_VERSION = "icd_code", "icd_version"
+PATIENTS, ADMISSIONS, DIAGNOSES, PROCEDURES, HCPCS = (
+    "patients", "admissions", "diagnoses_icd", "procedures_icd", "hcpcsevents")
+
+PATIENT_COLUMNS = {MIMIC_SUBJECT: pa.int64(), "gender": pa.string(), "anchor_age": pa.int64(),
+                   "anchor_year": pa.int64()}
+ADMISSION_COLUMNS = {MIMIC_SUBJECT: pa.int64(), MIMIC_HADM: pa.int64(), "admittime": pa.timestamp("s")}
+ICD_COLUMNS = {MIMIC_SUBJECT: pa.int64(), MIMIC_HADM: pa.int64(), MIMIC_SEQ: pa.int64(),
+               MIMIC_ICD_CODE: pa.string(), MIMIC_ICD_VERSION: pa.int64()}
+HCPCS_COLUMNS = {MIMIC_SUBJECT: pa.int64(), MIMIC_HADM: pa.int64(), "hcpcs_cd": pa.string(), MIMIC_SEQ: pa.int64()}
+
+
+def _require_rows(path: Path, table: pa.Table) -> None:
+    if table.num_rows == 0:
+        raise PrepareError(path, "the table has no data rows", row=2)
+
+
+def _lookup_visits(path: Path, table: pa.Table, adm_hadm_sorted: np.ndarray, adm_order: np.ndarray,
+                   adm_subject: np.ndarray, adm_time: np.ndarray, patient_ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Each row's admission time; errors on an unknown subject or hadm_id (or a hadm_id of another subject)."""
+    bad = first_false(pc.is_in(table[MIMIC_SUBJECT], value_set=patient_ids))
+    if bad is not None:
+        raise PrepareError(path, f"subject {table[MIMIC_SUBJECT][bad].as_py()} is not in patients",
+                           column=MIMIC_SUBJECT, row=csv_line(bad))
+    hadm = table[MIMIC_HADM].to_numpy()
+    position = np.searchsorted(adm_hadm_sorted, hadm)
+    position = np.minimum(position, len(adm_hadm_sorted) - 1)
+    found = adm_hadm_sorted[position] == hadm
+    bad = first_false(found)
+    if bad is not None:
+        raise PrepareError(path, f"hadm_id {hadm[bad]} is not in admissions", column=MIMIC_HADM, row=csv_line(bad))
+    admission = adm_order[position]
+    bad = first_false(adm_subject[admission] == table[MIMIC_SUBJECT].to_numpy())
+    if bad is not None:
+        raise PrepareError(path, f"hadm_id {hadm[bad]} belongs to another subject in admissions",
+                           column=MIMIC_SUBJECT, row=csv_line(bad))
+    return hadm, pa.array(adm_time[admission], TIME_TYPE)
+
+
+def _icd_events(path: Path, table: pa.Table, kind: str, visit_lookup) -> pa.Table:
+    version = table[MIMIC_ICD_VERSION].to_numpy()
+    bad = first_false((version == 9) | (version == 10))
+    if bad is not None:
+        raise PrepareError(path, f"unknown ICD version {version[bad]} (expected 9 or 10)", column=MIMIC_ICD_VERSION,
+                           row=csv_line(bad))
+    hadm, times = visit_lookup(path, table)
+    system = np.where(version == 9, 0, 1).astype(np.int8)  # index into CODE_SYSTEMS: icd9 = 0, icd10 = 1
+    return make_events(table[MIMIC_SUBJECT], pa.array(hadm, pa.int64()), times, kind, system,
+                       table[MIMIC_ICD_CODE], table[MIMIC_SEQ])
+
+
+def read_mimic(hosp_dir: str | Path) -> RawRecords:
+    """Read a MIMIC-IV `hosp` folder into events + visits."""
+    hosp_dir = Path(hosp_dir)
+    if not hosp_dir.is_dir():
+        raise PrepareError(hosp_dir, "MIMIC-IV hosp folder does not exist")
+    rows_read: dict[str, int] = {}
+
+    path = find_table_file(hosp_dir, PATIENTS)
+    patients = read_table(path, PATIENT_COLUMNS, not_null=(MIMIC_SUBJECT, "anchor_age", "anchor_year"))
+    _require_rows(path, patients)
+    rows_read[PATIENTS] = patients.num_rows
+    patient_ids = patients[MIMIC_SUBJECT].combine_chunks()
+    duplicated = pc.value_counts(patient_ids).filter(pc.greater(pc.value_counts(patient_ids).field("counts"), 1))
+    if len(duplicated):
+        subject = duplicated[0]["values"].as_py()
+        index = int(np.flatnonzero(patient_ids.to_numpy() == subject)[1])
+        raise PrepareError(path, f"subject {subject} appears twice", column=MIMIC_SUBJECT, row=csv_line(index))
+
+    path = find_table_file(hosp_dir, ADMISSIONS)
+    admissions = read_table(path, ADMISSION_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM, "admittime"))
+    _require_rows(path, admissions)
+    rows_read[ADMISSIONS] = admissions.num_rows
+    bad = first_false(pc.is_in(admissions[MIMIC_SUBJECT], value_set=patient_ids))
+    if bad is not None:
+        raise PrepareError(path, f"subject {admissions[MIMIC_SUBJECT][bad].as_py()} is not in patients",
+                           column=MIMIC_SUBJECT, row=csv_line(bad))
+    adm_hadm = admissions[MIMIC_HADM].to_numpy()
+    adm_order = np.argsort(adm_hadm, kind="stable")
+    adm_hadm_sorted = adm_hadm[adm_order]
+    repeats = np.flatnonzero(adm_hadm_sorted[1:] == adm_hadm_sorted[:-1])
+    if len(repeats):
+        raise PrepareError(path, f"hadm_id {adm_hadm_sorted[repeats[0]]} appears twice", column=MIMIC_HADM,
+                           row=csv_line(adm_order[repeats[0] + 1]))
+    adm_subject = admissions[MIMIC_SUBJECT].to_numpy()
+    adm_time = admissions["admittime"].cast(TIME_TYPE).to_numpy()
+
+    def visit_lookup(table_path: Path, table: pa.Table):
+        return _lookup_visits(table_path, table, adm_hadm_sorted, adm_order, adm_subject, adm_time, patient_ids)
+
+    parts = []
+    path = find_table_file(hosp_dir, DIAGNOSES)
+    diagnoses = read_table(path, ICD_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION))
+    _require_rows(path, diagnoses)
+    rows_read[DIAGNOSES] = diagnoses.num_rows
+    parts.append(_icd_events(path, diagnoses, KIND_DX, visit_lookup))
+    del diagnoses
+
+    path = find_table_file(hosp_dir, PROCEDURES, required=False)
+    if path is not None:
+        procedures = read_table(path, ICD_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION))
+        rows_read[PROCEDURES] = procedures.num_rows
+        if procedures.num_rows:
+            parts.append(_icd_events(path, procedures, KIND_PX, visit_lookup))
+
+    path = find_table_file(hosp_dir, HCPCS, required=False)
+    if path is not None:
+        hcpcs = read_table(path, HCPCS_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM))
+        rows_read[HCPCS] = hcpcs.num_rows
+        if hcpcs.num_rows:
+            hadm, times = visit_lookup(path, hcpcs)
+            parts.append(make_events(hcpcs[MIMIC_SUBJECT], pa.array(hadm, pa.int64()), times, KIND_CPT, SYSTEM_CPT,
+                                     hcpcs["hcpcs_cd"], hcpcs[MIMIC_SEQ]))
+
+    # Demographics: MIMIC gives age at an anchor year; the birth year is anchor_year - anchor_age and, as in the
+    # MIMIC-MEDS ETL, the birth time is January 1st of that year.
+    birth_year = patients["anchor_year"].to_numpy() - patients["anchor_age"].to_numpy()
+    n = patients.num_rows
+    parts.insert(0, make_events(patient_ids, None, years_to_timestamps(birth_year), KIND_DEMOGRAPHIC, SYSTEM_BIRTH,
+                                pc.cast(pa.array(birth_year), pa.string())))
+    parts.insert(1, make_events(patient_ids, None, None, KIND_DEMOGRAPHIC, SYSTEM_SEX, patients["gender"]))
+    del n
+
+    visits = pa.Table.from_arrays([admissions[MIMIC_SUBJECT], admissions[MIMIC_HADM],
+                                   admissions["admittime"].cast(TIME_TYPE)], schema=VISITS_SCHEMA)
+    return RawRecords(source="mimic", path=str(hosp_dir), events=pa.concat_tables(parts), visits=visits,
+                      subjects=patient_ids, rows_read=rows_read)
+
+
+# keep the schema names used for documentation tools happy (they are the events-table contract)
+__all__ = ["read_mimic", "SUBJECT_ID", "VISIT_ID", "TIME", "SYSTEM_ICD9", "SYSTEM_ICD10"]

@@ -1,0 +1,200 @@
+"""Events -> per-patient typed-token timelines (strings), vectorised with arrow/numpy.
+
+Layout of one patient's timeline (the token ids are assembled later, in tokenize.py):
+    <bos> AGE:<bucket at first visit> SEX:<F|M|<unk>> [REGION:<name>]
+    then per visit, in time order:  GAP:<bin since previous visit> VISIT:open DX:.. PX:.. CPT:.. VISIT:close
+    <eor>
+Within a visit: diagnoses in recorded order (seq_num; ties and missing seq_num in source order), then procedures,
+then CPT/HCPCS, each in recorded order; a code repeated within a visit appears once (first occurrence).
+Age buckets are 5 years wide (0-4 .. 85-89) plus 90+; MIMIC caps ages at 91, so finer tails would be noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparseehr.data_pipeline.harmonize import ORDER
+from sparseehr.data_pipeline.readers.common import dictionary_codes
+from sparseehr.data_pipeline.schema import (
+    AGE_PREFIX, CODE, CODE_SYSTEMS, COL_VISIT_DX_CODES, COL_VISIT_TIMES, CPT_PREFIX, DX_PREFIX, EVENT_KINDS, GAP_PREFIX,
+    KIND, KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX, PX_PREFIX, REGION_PREFIX, SEQ_NUM, SEX_PREFIX, SUBJECT_ID,
+    SYSTEM, SYSTEM_BIRTH, SYSTEM_REGION, SYSTEM_SEX, TIME, UNK_VALUE, VISIT_ID,
+)
+
+# Gap bins: (upper bound in days, exclusive; label). The gap is between visit START times.
+GAP_BINS: tuple[tuple[float, str], ...] = (
+    (1, "<1D"), (7, "1-7D"), (30, "1-4W"), (91, "1-3M"), (182, "3-6M"), (365, "6-12M"), (730, "1-2Y"),
+    (1826, "2-5Y"), (float("inf"), "5Y+"),
+)
+GAP_FIRST_TOKEN = GAP_PREFIX + "first"  # the first visit of a timeline has no previous visit
+GAP_TOKENS = (GAP_FIRST_TOKEN,) + tuple(GAP_PREFIX + label for _, label in GAP_BINS)
+AGE_BUCKET_YEARS, AGE_TOP = 5, 90
+AGE_TOKENS = tuple(f"{AGE_PREFIX}{a}-{a + AGE_BUCKET_YEARS - 1}" for a in range(0, AGE_TOP, AGE_BUCKET_YEARS)) + (
+    f"{AGE_PREFIX}{AGE_TOP}+", AGE_PREFIX + UNK_VALUE)
+SEX_VALUES = ("F", "M")
+SEX_TOKENS = tuple(SEX_PREFIX + s for s in SEX_VALUES) + (SEX_PREFIX + UNK_VALUE,)
+KIND_TOKEN_PREFIX = {KIND_DX: DX_PREFIX, KIND_PX: PX_PREFIX, KIND_CPT: CPT_PREFIX}
+
+COL_PREFIX_TOKENS = "prefix_tokens"  # staging columns (strings), consumed by tokenize.py
+COL_VISIT_TOKENS = "visit_tokens"
+SECONDS_PER_DAY = 86_400
+DAYS_PER_YEAR = 365.25
+
+
+def gap_token_index(delta_seconds: np.ndarray) -> np.ndarray:
+    """Index into GAP_TOKENS[1:] of each (non-negative) gap.
+
+    >>> [GAP_TOKENS[1 + i] for i in gap_token_index(np.array([0, 86_400 * 45, 86_400 * 4000]))]
+    ['GAP:<1D', 'GAP:1-3M', 'GAP:5Y+']
+    """
+    bounds = np.array([b for b, _ in GAP_BINS[:-1]], np.float64) * SECONDS_PER_DAY
+    return np.searchsorted(bounds, delta_seconds, side="right")
+
+
+def age_tokens(age_years: np.ndarray) -> pa.Array:
+    """AGE token per age (NaN or negative -> AGE:<unk>).
+
+    >>> age_tokens(np.array([47.9, 0.0, 93.0, np.nan])).to_pylist()
+    ['AGE:45-49', 'AGE:0-4', 'AGE:90+', 'AGE:<unk>']
+    """
+    unknown = len(AGE_TOKENS) - 1
+    valid = np.isfinite(age_years) & (age_years >= 0)
+    bucket = np.where(valid, np.minimum(np.floor(np.nan_to_num(age_years) / AGE_BUCKET_YEARS), unknown - 1), unknown)
+    return pa.array(AGE_TOKENS).take(pa.array(bucket.astype(np.int64)))
+
+
+@dataclass
+class Timelines:
+    """Per-patient staging table (strings) and the per-event arrays the vocabulary and code counts need."""
+
+    table: pa.Table                 # subject_id, prefix_tokens, visit_times, visit_tokens, visit_dx_codes
+    event_patient: np.ndarray       # patient row of each kept code event
+    event_token: pa.Array           # its token string (e.g. DX:E11)
+    region_tokens: pa.Array         # per patient REGION token or null
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _dense_rank(sorted_unique: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    position = np.minimum(np.searchsorted(sorted_unique, values), max(len(sorted_unique) - 1, 0))
+    return position, sorted_unique[position] == values if len(sorted_unique) else np.zeros(len(values), bool)
+
+
+def _first_per_patient(subjects: np.ndarray, rows: np.ndarray, patient_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each patient, the first of `rows` (event row numbers) whose subject is that patient; -1 if none."""
+    position, found = _dense_rank(patient_ids, subjects)
+    first = np.full(len(patient_ids), -1, np.int64)
+    order = np.flatnonzero(found)[::-1]  # reversed so the earliest row writes last and wins
+    first[position[order]] = rows[order]
+    return first, first >= 0
+
+
+def build_timelines(events: pa.Table, visits: pa.Table) -> Timelines:
+    """Group harmonized events into per-patient timelines (patients without any visit are left out)."""
+    counts: dict[str, int] = {}
+    visits = visits.sort_by([(SUBJECT_ID, "ascending"), (TIME, "ascending"), (VISIT_ID, "ascending")])
+    visit_subject = visits[SUBJECT_ID].to_numpy()
+    visit_time_us = visits[TIME].cast(pa.int64()).to_numpy()
+    patient_ids, patient_first_visit, visits_per_patient = np.unique(visit_subject, return_index=True,
+                                                                     return_counts=True)
+    n_patients, n_visits = len(patient_ids), visits.num_rows
+    counts.update(patients=n_patients, visits=n_visits,
+                  consecutive_visit_pairs=int(n_visits - n_patients))
+    patient_visit_offsets = np.concatenate([[0], np.cumsum(visits_per_patient)]).astype(np.int32)
+
+    # ---- code events -> visit index (composite dense key: subject rank, visit-id rank) ----
+    kinds = dictionary_codes(events[KIND])
+    code_rows = np.flatnonzero(kinds != EVENT_KINDS.index(KIND_DEMOGRAPHIC))
+    code_events = events.take(pa.array(code_rows))
+    visit_ids_sorted = np.unique(visits[VISIT_ID].to_numpy())
+    visit_key = (np.searchsorted(patient_ids, visit_subject) * len(visit_ids_sorted)
+                 + np.searchsorted(visit_ids_sorted, visits[VISIT_ID].to_numpy()))  # sorted? not needed: argsort
+    key_order = np.argsort(visit_key, kind="stable")
+    subj_rank, subj_found = _dense_rank(patient_ids, code_events[SUBJECT_ID].to_numpy())
+    vid_rank, vid_found = _dense_rank(visit_ids_sorted, code_events[VISIT_ID].to_numpy(zero_copy_only=False))
+    event_key = subj_rank * len(visit_ids_sorted) + vid_rank
+    position = np.minimum(np.searchsorted(visit_key[key_order], event_key), max(n_visits - 1, 0))
+    in_visit = subj_found & vid_found & (visit_key[key_order][position] == event_key)
+    counts["code_events_without_visit"] = int((~in_visit).sum())
+    event_visit = key_order[position][in_visit]
+    code_events = code_events.filter(pa.array(in_visit))
+
+    # ---- order within visit: kind (dx, px, cpt), seq_num, source order; then de-duplicate tokens ----
+    event_kind = dictionary_codes(code_events[KIND])
+    seq = code_events[SEQ_NUM].to_numpy(zero_copy_only=False)
+    seq = np.where(np.isnan(seq.astype(np.float64)), np.iinfo(np.int32).max, seq).astype(np.int64) \
+        if code_events[SEQ_NUM].null_count else seq.astype(np.int64)
+    order = np.lexsort((code_events[ORDER].to_numpy(), seq, event_kind, event_visit))
+    prefixes = pa.array([KIND_TOKEN_PREFIX.get(k, "") for k in EVENT_KINDS])
+    tokens = pc.binary_join_element_wise(prefixes.take(pa.array(event_kind[order])),
+                                         code_events[CODE].combine_chunks().take(pa.array(order)), "")
+    event_visit, event_kind = event_visit[order], event_kind[order]
+    encoded = pc.dictionary_encode(tokens)
+    token_id = encoded.indices.to_numpy().astype(np.int64)
+    _, first = np.unique(event_visit * len(encoded.dictionary) + token_id, return_index=True)
+    keep = np.sort(first)
+    counts["duplicate_codes_in_visit_collapsed"] = int(len(order) - len(keep))
+    tokens, event_visit, event_kind = tokens.take(pa.array(keep)), event_visit[keep], event_kind[keep]
+    codes = code_events[CODE].combine_chunks().take(pa.array(order[keep]))
+
+    visit_token_offsets = np.concatenate([[0], np.cumsum(np.bincount(event_visit, minlength=n_visits))])
+    visit_tokens = pa.ListArray.from_arrays(pa.array(visit_token_offsets.astype(np.int32)), tokens)
+    is_dx = event_kind == EVENT_KINDS.index(KIND_DX)
+    dx_offsets = np.concatenate([[0], np.cumsum(np.bincount(event_visit[is_dx], minlength=n_visits))])
+    visit_dx = pa.ListArray.from_arrays(pa.array(dx_offsets.astype(np.int32)), codes.filter(pa.array(is_dx)))
+    pvo = pa.array(patient_visit_offsets)
+
+    # ---- demographics prefix ----
+    demo = events.filter(pa.array(kinds == EVENT_KINDS.index(KIND_DEMOGRAPHIC)))
+    systems = dictionary_codes(demo[SYSTEM])
+    demo_subject = demo[SUBJECT_ID].to_numpy()
+    rows = np.arange(demo.num_rows)
+    first_visit_us = visit_time_us[patient_first_visit]
+
+    birth_row, has_birth = _first_per_patient(demo_subject[systems == CODE_SYSTEMS.index(SYSTEM_BIRTH)],
+                                              rows[systems == CODE_SYSTEMS.index(SYSTEM_BIRTH)], patient_ids)
+    birth_us = demo[TIME].cast(pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64) if demo.num_rows \
+        else np.zeros(0)
+    age = np.full(n_patients, np.nan)
+    age[has_birth] = (first_visit_us[has_birth] - birth_us[birth_row[has_birth]]) / 1e6 / SECONDS_PER_DAY / DAYS_PER_YEAR
+    age_token = age_tokens(age)
+
+    sex_row, has_sex = _first_per_patient(demo_subject[systems == CODE_SYSTEMS.index(SYSTEM_SEX)],
+                                          rows[systems == CODE_SYSTEMS.index(SYSTEM_SEX)], patient_ids)
+    sex_value = pc.utf8_upper(pc.utf8_trim_whitespace(demo[CODE].combine_chunks().take(pa.array(np.maximum(sex_row, 0)))))
+    sex_known = has_sex & pc.fill_null(pc.is_in(sex_value, value_set=pa.array(SEX_VALUES)), False).to_numpy(
+        zero_copy_only=False)
+    sex_token = pc.if_else(pa.array(sex_known), pc.binary_join_element_wise(SEX_PREFIX, sex_value, ""),
+                           SEX_PREFIX + UNK_VALUE)
+
+    region_row, has_region = _first_per_patient(demo_subject[systems == CODE_SYSTEMS.index(SYSTEM_REGION)],
+                                                rows[systems == CODE_SYSTEMS.index(SYSTEM_REGION)], patient_ids)
+    region_value = pc.utf8_trim_whitespace(demo[CODE].combine_chunks().take(pa.array(np.maximum(region_row, 0))))
+    region_token = pc.if_else(pa.array(has_region), pc.binary_join_element_wise(REGION_PREFIX, region_value, ""),
+                              pa.scalar(None, pa.string()))
+
+    # interleave AGE, SEX and (when present) REGION per patient
+    per_patient = 2 + has_region.astype(np.int64)
+    prefix_offsets = np.concatenate([[0], np.cumsum(per_patient)])
+    flat = pa.concat_arrays([age_token, sex_token.cast(pa.string()), region_token.cast(pa.string()).filter(
+        pa.array(has_region))])
+    take = np.empty(prefix_offsets[-1], np.int64)
+    take[prefix_offsets[:-1]] = np.arange(n_patients)
+    take[prefix_offsets[:-1] + 1] = n_patients + np.arange(n_patients)
+    take[prefix_offsets[:-1][has_region] + 2] = 2 * n_patients + np.arange(int(has_region.sum()))
+    prefix_tokens = pa.ListArray.from_arrays(pa.array(prefix_offsets.astype(np.int32)), flat.take(pa.array(take)))
+
+    visit_times = pa.ListArray.from_arrays(pvo, pa.array(visit_time_us // 1_000_000, pa.int64()))
+    table = pa.table({
+        SUBJECT_ID: pa.array(patient_ids, pa.int64()),
+        COL_PREFIX_TOKENS: prefix_tokens,
+        COL_VISIT_TIMES: visit_times,
+        COL_VISIT_TOKENS: pa.ListArray.from_arrays(pvo, visit_tokens),
+        COL_VISIT_DX_CODES: pa.ListArray.from_arrays(pvo, visit_dx),
+    })
+    event_patient = np.searchsorted(patient_visit_offsets, event_visit, side="right") - 1
+    counts.update(age_unknown=int((~np.isfinite(age)).sum()), sex_unknown=int((~sex_known).sum()),
+                  patients_with_region=int(has_region.sum()), code_tokens=len(tokens))
+    return Timelines(table, event_patient, tokens, region_token.cast(pa.string()), counts)

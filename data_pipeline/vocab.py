@@ -1,0 +1,129 @@
+"""Vocabulary: fixed structural tokens + data tokens from the TRAINING split only, behind a privacy floor.
+
+A data token (DX/PX/CPT/REGION) enters the vocabulary only when, in the training split, it occurs at least
+`min_count` times AND in at least `min_patients` distinct patients (default 5: a code seen in fewer patients could
+point at a person, and the model cannot learn it anyway). Any other code maps to its typed unknown (DX:<unk>,
+PX:<unk>, CPT:<unk>, REGION:<unk>), never to another code. Structural tokens (specials, VISIT, GAP, AGE, SEX,
+typed unknowns) are enumerated, not learned, so every vocabulary has them and ids are stable across systems.
+The vocabulary is saved as a PreTrainedTokenizerFast (WordLevel over whitespace-split tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparseehr.data_pipeline.schema import (
+    BOS_TOKEN, CPT_PREFIX, CPT_UNK_TOKEN, DX_PREFIX, DX_UNK_TOKEN, EOR_TOKEN, PAD_TOKEN, PX_PREFIX, PX_UNK_TOKEN,
+    REGION_PREFIX, SPECIAL_TOKENS, UNK_TOKEN, UNK_VALUE, VISIT_CLOSE_TOKEN, VISIT_OPEN_TOKEN,
+)
+from sparseehr.data_pipeline.timelines import AGE_TOKENS, GAP_TOKENS, SEX_TOKENS
+
+REGION_UNK_TOKEN = REGION_PREFIX + UNK_VALUE
+TYPED_UNKNOWNS = ((DX_PREFIX, DX_UNK_TOKEN), (PX_PREFIX, PX_UNK_TOKEN), (CPT_PREFIX, CPT_UNK_TOKEN),
+                  (REGION_PREFIX, REGION_UNK_TOKEN))
+STRUCTURAL_TOKENS = (SPECIAL_TOKENS + (VISIT_OPEN_TOKEN, VISIT_CLOSE_TOKEN) + tuple(u for _, u in TYPED_UNKNOWNS)
+                     + GAP_TOKENS + AGE_TOKENS + SEX_TOKENS)
+
+
+@dataclass(frozen=True)
+class VocabSettings:
+    """Args: min_count: training occurrences a data token needs; min_patients: distinct training patients
+    (the privacy floor)."""
+
+    min_count: int = 5
+    min_patients: int = 5
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1 or self.min_patients < 1:
+            raise ValueError(f"min_count and min_patients must be >= 1, got {self.min_count}, {self.min_patients}")
+
+
+class Vocabulary:
+    """Token strings in id order, with vectorised string -> id encoding (typed unknowns for unseen codes)."""
+
+    def __init__(self, tokens: list[str]):
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("duplicate tokens in vocabulary")
+        missing = [t for t in STRUCTURAL_TOKENS if t not in tokens]
+        if missing:
+            raise ValueError(f"vocabulary lacks structural tokens {missing[:5]}")
+        self.tokens = list(tokens)
+        self.ids = {t: i for i, t in enumerate(tokens)}
+        self._value_set = pa.array(self.tokens, pa.string())
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, strings: pa.Array) -> np.ndarray:
+        """int32 ids of token strings; an unknown data token becomes its typed unknown, anything else <unk>."""
+        index = pc.index_in(strings, value_set=self._value_set)
+        ids = pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+        missing = ids < 0
+        if missing.any():
+            unknown = strings.filter(pa.array(missing))
+            fill = np.full(len(unknown), self.ids[UNK_TOKEN], np.int32)
+            for prefix, unk in TYPED_UNKNOWNS:
+                fill[pc.starts_with(unknown, prefix).to_numpy(zero_copy_only=False)] = self.ids[unk]
+            ids[missing] = fill
+        return ids
+
+    def save_tokenizer(self, directory: Path, model_max_length: int) -> None:
+        tokenizer = build_tokenizer(self.tokens, model_max_length)
+        tokenizer.save_pretrained(str(directory))
+
+    @classmethod
+    def from_tokenizer_dir(cls, directory: Path) -> "Vocabulary":
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        vocab = tokenizer.get_vocab()
+        return cls([t for t, _ in sorted(vocab.items(), key=lambda item: item[1])])
+
+
+def build_tokenizer(tokens: list[str], model_max_length: int):
+    """A PreTrainedTokenizerFast over whitespace-split WordLevel tokens, special tokens as the contract says."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK_TOKEN))
+    backend.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD_TOKEN, bos_token=BOS_TOKEN,
+                                   eos_token=EOR_TOKEN, unk_token=UNK_TOKEN, model_max_length=model_max_length)
+
+
+def build_vocabulary(event_patient: np.ndarray, event_token: pa.Array, region_tokens: pa.Array,
+                     train_patient: np.ndarray, settings: VocabSettings) -> tuple[Vocabulary, dict[str, int]]:
+    """Structural tokens, then REGION tokens, then code tokens (by training count, descending; ties by name),
+    keeping only tokens above both floors in the training split."""
+    in_train = train_patient[event_patient]
+    train_tokens = event_token.filter(pa.array(in_train))
+    region_train = region_tokens.filter(pa.array(train_patient & pc.is_valid(region_tokens).to_numpy(
+        zero_copy_only=False)))
+    candidates: list[tuple[int, str]] = []  # (group, token) with group 0 = region, 1 = codes
+    kept_by_group: list[list[tuple[int, str]]] = [[], []]
+    stats = {"candidate_tokens": 0, "below_floor": 0}
+    for group, (tokens, patients) in enumerate(((region_train, np.flatnonzero(train_patient & pc.is_valid(
+            region_tokens).to_numpy(zero_copy_only=False))), (train_tokens, event_patient[in_train]))):
+        if len(tokens) == 0:
+            continue
+        encoded = pc.dictionary_encode(tokens)
+        token_id = encoded.indices.to_numpy().astype(np.int64)
+        n_tokens = len(encoded.dictionary)
+        occurrences = np.bincount(token_id, minlength=n_tokens)
+        pairs = np.unique(patients.astype(np.int64) * n_tokens + token_id)
+        distinct_patients = np.bincount(pairs % n_tokens, minlength=n_tokens)
+        ok = (occurrences >= settings.min_count) & (distinct_patients >= settings.min_patients)
+        stats["candidate_tokens"] += n_tokens
+        stats["below_floor"] += int((~ok).sum())
+        names = encoded.dictionary.to_pylist()
+        kept_by_group[group] = sorted(((-int(occurrences[i]), names[i]) for i in np.flatnonzero(ok)))
+    del candidates
+    tokens = list(STRUCTURAL_TOKENS) + [name for _, name in kept_by_group[0]] + [name for _, name in kept_by_group[1]]
+    stats["vocab_size"] = len(tokens)
+    return Vocabulary(tokens), stats
