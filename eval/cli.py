@@ -179,12 +179,16 @@ def run_next_visit(args: argparse.Namespace) -> int:
     return 0
 
 
+def describe(settings: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in settings.items())
+
+
 def next_visit_markdown(report: dict, ks: Sequence[int]) -> str:
     systems = {"model": report, **report["baselines"]}
     targets = report["targets"]
     lines = [f"# Next-visit evaluation: {report['model']}", "",
              f"Data `{report['data']}` split `{report['split']}`: {report['n_instances']} instances from "
-             f"{report['n_patients']} patients; scoring {report['scoring']}.",
+             f"{report['n_patients']} patients; scoring: {describe(report['scoring'])}.",
              f"Target codes: {targets['n_target_codes']}, of which {targets['n_out_of_vocabulary']} are outside "
              f"the scorer's vocabulary (kept in Y, counted as misses).", "",
              "## Recall@K (mean over instances, 95% patient-bootstrap interval)", "",
@@ -256,7 +260,8 @@ def screening_markdown(report: dict) -> str:
     keys = ("precision", "recall", "accuracy", "f1", "balanced_accuracy")
     lines = [f"# Diabetes screening (ICD-10-CM E08-E13): {report['model']}", "",
              f"Cohort ({cohort['controls_per_case']} controls per case, seed {cohort['seed']}): validation "
-             f"{cohort['validation']}, test {cohort['test']}.", f"Scoring: {report['scoring']}.", "",
+             f"{describe(cohort['validation'])}; test {describe(cohort['test'])}.",
+             f"Scoring: {describe(report['scoring'])}.", "",
              "## Validation sweep of k_cls (model)", "",
              markdown_table(["k_cls", "P", "R", "Acc", "F1", "BA"],
                             [[row["k_cls"]] + [row[k] for k in keys] for row in report["validation_sweep"]]), "",
