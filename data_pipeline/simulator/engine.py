@@ -30,28 +30,43 @@ def simulate_onsets(rng: np.random.Generator, male: np.ndarray, end_age: np.ndar
                     hazard_shift: np.ndarray | None = None) -> np.ndarray:
     """Onset age of every condition, [P, C] float32, `NEVER` when no onset before `end_age`.
 
-    Annual steps from ONSET_START_AGE; the hazard in a year depends on the conditions present at its start.
-    `hazard_shift` ([P, C] log-hazard offsets, e.g. a region effect) is optional.
+    Piecewise-constant hazards in one-year steps from ONSET_START_AGE; a year's hazard depends on the conditions
+    present at its start. Sampled as an exponential race: each (patient, condition) draws a threshold E ~ Exp(1)
+    once and starts when its cumulative hazard crosses E (exact for piecewise-constant hazards, and one random draw
+    instead of one per year). `hazard_shift` ([P, C] log-hazard offsets, e.g. a region effect) is optional.
     """
     n = male.shape[0]
     onset = np.full((n, _C), NEVER, dtype=np.float32)
-    present = np.zeros((n, _C), dtype=np.float32)
     patient_base = _BASE[None, :] + male[:, None].astype(np.float32) * _MALE[None, :]
     # A per-patient frailty spreads risk (some people collect conditions): log-normal, shared by all conditions.
     patient_base = patient_base + rng.normal(0.0, 0.45, size=(n, 1)).astype(np.float32)
     if hazard_shift is not None:
         patient_base = patient_base + hazard_shift
+    threshold = rng.standard_exponential((n, _C), dtype=np.float32)
+    cumulative = np.zeros((n, _C), dtype=np.float32)
+    absent = np.ones((n, _C), dtype=np.float32)
     last_age = int(np.ceil(end_age.max())) if n else ONSET_START_AGE
+    log_hazard = np.empty((n, _C), dtype=np.float32)       # buffers reused every year (in-place arithmetic)
+    hazard = np.empty((n, _C), dtype=np.float32)
+    new = np.empty((n, _C), dtype=bool)
+    # Sum of the link weights of the conditions present, updated at each onset (cheaper than a yearly matmul).
+    link_sum = np.zeros((n, _C), dtype=np.float32)
     for age in range(ONSET_START_AGE, last_age):
-        log_hazard = patient_base + _AGE_SLOPE[None, :] * ((age - 50) / 10.0) + present @ _LINK_MATRIX
-        p_year = -np.expm1(-np.exp(np.minimum(log_hazard, 2.0)))
-        new = (present == 0) & (rng.random((n, _C), dtype=np.float32) < p_year)
-        new &= (age < end_age)[:, None]
+        np.add(link_sum, patient_base, out=log_hazard)
+        log_hazard += _AGE_SLOPE * np.float32((age - 50) / 10.0)
+        np.minimum(log_hazard, 2.0, out=log_hazard)
+        np.exp(log_hazard, out=hazard)
+        hazard *= absent
+        cumulative += hazard
+        np.greater_equal(cumulative, threshold, out=new)
+        new &= absent.astype(bool)
         if new.any():
             rows, cols = np.nonzero(new)
-            onset[rows, cols] = age + rng.random(rows.size, dtype=np.float32)
-            present[rows, cols] = 1.0
-    # An onset drawn inside the last (partial) year may fall after end_age: it has not happened yet.
+            h = hazard[rows, cols]
+            onset[rows, cols] = age + (threshold[rows, cols] - (cumulative[rows, cols] - h)) / h
+            absent[rows, cols] = 0.0
+            np.add.at(link_sum, rows, _LINK_MATRIX[cols])
+    # Onsets after end_age (inside the last partial year, or of patients who ended earlier) have not happened.
     onset[onset > end_age[:, None]] = NEVER
     return onset
 
@@ -79,12 +94,14 @@ def draw_episodes(rng: np.random.Generator, system: str, active: np.ndarray, vis
             links[_CONDITION_INDEX[name], j] = w
         for name in e.requires:
             requires[_CONDITION_INDEX[name], j] = True
-    log_w = (slope[None, :] * ((visit_age[:, None] - 50) / 10.0) + male_eff[None, :] * visit_male[:, None]
-             + active.astype(np.float64) @ links)
+    log_w = slope[None, :] * ((visit_age[:, None] - 50) / 10.0) + male_eff[None, :] * visit_male[:, None]
+    # Conditions one at a time (a [V, C] x [C, E] matmul is slower here than C broadcast adds: links are sparse).
+    for c in np.flatnonzero(links.any(axis=1)):
+        log_w += active[:, c, None] * links[c][None, :]
     weights = base[None, :] * np.exp(log_w)
     # Episodes that require a condition are impossible without it.
-    missing = (~active).astype(np.int32) @ requires.astype(np.int32) > 0
-    weights[missing] = 0.0
+    for c in np.flatnonzero(requires.any(axis=1)):
+        weights[:, requires[c]] *= active[:, c, None]
     none_w = np.broadcast_to(np.asarray(none_weight, dtype=np.float64), (active.shape[0],))
     cum = np.cumsum(np.concatenate([weights, none_w[:, None]], axis=1), axis=1)
     u = rng.random(active.shape[0]) * cum[:, -1]
