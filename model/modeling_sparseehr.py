@@ -265,6 +265,35 @@ class SparseEHRPreTrainedModel(PreTrainedModel):
     _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        model.tag_expert_parameters()
+        return model
+
+    def tag_expert_parameters(self) -> None:
+        """Restore DeepSpeed's `allreduce=False` / `group_name` marks on routed-expert parameters.
+
+        `from_pretrained` recreates Parameters and loses the marks DeepSpeed's `Experts` set at construction, after
+        which `deepspeed.initialize` asserts (DEEPSPEED_MOE.md, bite 9). Safe to call repeatedly.
+        """
+        for module in self.modules():
+            if isinstance(module, SparseEHRMoeBlock):
+                group_name = module.moe.expert_group_name
+                for param in module.moe.deepspeed_moe.experts.parameters():
+                    param.allreduce = False
+                    param.group_name = group_name
+
+    def save_pretrained(self, *args, **kwargs):
+        if self.config.expert_parallel_size != 1:
+            # Under expert parallelism each rank holds only its local experts: a save_pretrained here would write an
+            # incomplete model whose config asks for process groups at load time.
+            raise ValueError(
+                f"save_pretrained needs an expert_parallel_size=1 model (this one has "
+                f"{self.config.expert_parallel_size}): merge the DeepSpeed expert checkpoint files into a model "
+                f"built with expert_parallel_size=1 and save that")
+        return super().save_pretrained(*args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The base class draws every nn.Linear / nn.Embedding from N(0, initializer_range) and sets norms to 1.

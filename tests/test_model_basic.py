@@ -101,3 +101,24 @@ def test_auto_classes_round_trip_identical_logits(tmp_path):
     base = AutoModel.from_pretrained(tmp_path)
     assert type(base) is SparseEHRModel
     assert torch.equal(base.embed_tokens.weight, model.model.embed_tokens.weight)
+
+
+def test_from_pretrained_restores_deepspeed_expert_tags(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny_model().save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    block = loaded.model.layers[1].mlp
+    for name, param in loaded.named_parameters():
+        if "deepspeed_experts" in name:
+            assert param.allreduce is False and param.group_name == "ep_size_1", name
+        else:
+            assert getattr(param, "allreduce", True) is not False, name
+    assert block.moe.expert_group_name == "ep_size_1"
+
+
+def test_save_pretrained_refuses_expert_parallel_models(tmp_path):
+    model = SparseEHRForCausalLM(get_preset("tiny", expert_parallel_size=2))
+    with pytest.raises(ValueError, match="expert_parallel_size=1"):
+        model.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
