@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+import importlib.util
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +33,7 @@ from sparseehr.data_pipeline.schema import (
 HARMONIZATION_VERSION = 1
 ORDER = "_order"  # internal column: the row's position in the reader's output (recorded order tie-breaker)
 
+CATEGORY_PACKAGE, CATEGORY_RESOURCE = "simple-icd-10-cm", ("simple_icd_10_cm", "data/code-list-April-2026.txt")
 ICD10CM_FORMAT = r"^[A-Z][0-9][0-9A-Z][0-9A-Z]{0,4}$"
 ICD10PCS_FORMAT = r"^[0-9A-HJ-NP-Z]{7}$"   # PCS uses digits and letters except I and O
 ICD9_DX_FORMAT = r"^([0-9]{3,5}|V[0-9]{2,4}|E[0-9]{3,4})$"
@@ -71,7 +76,7 @@ def settings_record(settings: HarmonizationSettings) -> dict:
                               "alternatives: first target in GEM order; NoDx/NoPCS: dropped",
         "dx_gem": {k: v for k, v in dx_gem.source.items() if k != "path"},
         "px_gem": {k: v for k, v in px_gem.source.items() if k != "path"},
-        "icd10cm_categories": {"package": "simple-icd-10-cm", "version": metadata.version("simple-icd-10-cm")},
+        "icd10cm_categories": icd10cm_categories()[1],
         "formats": {"icd10cm": ICD10CM_FORMAT, "icd10pcs": ICD10PCS_FORMAT, "cpt": CPT_FORMAT},
     }
     # The hash covers what decides the output (file contents, not where they were read from).
@@ -127,12 +132,29 @@ def _map_icd9(codes: pa.Array, gem: Gem) -> tuple[np.ndarray, pa.Array, np.ndarr
     return rows, targets, status, counts
 
 
+@lru_cache(maxsize=1)
+def icd10cm_categories() -> tuple[frozenset, dict]:
+    """Every ICD-10-CM category (3 characters) in the code list shipped by simple-icd-10-cm, and its source.
+
+    The plain-text list is read directly, found without importing the package: importing simple_icd_10_cm
+    parses its 10 MB XML (seconds).
+    """
+    spec = importlib.util.find_spec(CATEGORY_RESOURCE[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{CATEGORY_PACKAGE} is required for the ICD-10-CM category list")
+    data = (Path(list(spec.submodule_search_locations)[0]) / CATEGORY_RESOURCE[1]).read_bytes()
+    lines = data.decode("utf-8").split()
+    categories = frozenset(line for line in lines if re.fullmatch(r"[A-Z][0-9][0-9A-Z]", line))
+    source = {"package": CATEGORY_PACKAGE, "version": metadata.version(CATEGORY_PACKAGE),
+              "file": "/".join(CATEGORY_RESOURCE), "sha256": hashlib.sha256(data).hexdigest()}
+    return categories, source
+
+
 def _known_categories(categories: pa.Array) -> np.ndarray:
     """Whether each ICD-10-CM category exists (checked once per unique category)."""
-    import simple_icd_10_cm as icd10cm  # imported lazily: it parses its release files on import
-
+    known = icd10cm_categories()[0]
     unique = pc.unique(categories)
-    known_u = np.array([icd10cm.is_valid_item(c) for c in unique.to_pylist()], bool)
+    known_u = np.array([c in known for c in unique.to_pylist()], bool)
     return known_u[pc.index_in(categories, value_set=unique).to_numpy(zero_copy_only=False)]
 
 
