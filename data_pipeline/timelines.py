@@ -4,8 +4,9 @@ Layout of one patient's timeline (the token ids are assembled later, in tokenize
     <bos> AGE:<bucket at first visit> SEX:<F|M|<unk>> [REGION:<name>]
     then per visit, in time order:  GAP:<bin since previous visit> VISIT:open DX:.. PX:.. CPT:.. VISIT:close
     <eor>
-Within a visit: diagnoses in recorded order (seq_num; ties and missing seq_num in source order), then procedures,
-then CPT/HCPCS, each in recorded order; a code repeated within a visit appears once (first occurrence).
+Within a visit: diagnoses, then procedures, then CPT/HCPCS, each in recorded order = event time, then seq_num,
+then source row order (MIMIC diagnoses share the admission time, so seq_num decides; MIMIC procedures follow
+their chart dates, as they do in MIMIC-MEDS); a code repeated within a visit appears once (first occurrence).
 Age buckets are 5 years wide (0-4 .. 85-89) plus 90+; MIMIC caps ages at 91, so finer tails would be noise.
 """
 from __future__ import annotations
@@ -121,12 +122,13 @@ def build_timelines(events: pa.Table, visits: pa.Table) -> Timelines:
     event_visit = key_order[position][in_visit]
     code_events = code_events.filter(pa.array(in_visit))
 
-    # ---- order within visit: kind (dx, px, cpt), seq_num, source order; then de-duplicate tokens ----
+    # ---- order within visit: kind (dx, px, cpt), event time, seq_num, source order; then de-duplicate ----
     event_kind = dictionary_codes(code_events[KIND])
     seq = code_events[SEQ_NUM].to_numpy(zero_copy_only=False)
     seq = np.where(np.isnan(seq.astype(np.float64)), np.iinfo(np.int32).max, seq).astype(np.int64) \
         if code_events[SEQ_NUM].null_count else seq.astype(np.int64)
-    order = np.lexsort((code_events[ORDER].to_numpy(), seq, event_kind, event_visit))
+    event_time = pc.fill_null(code_events[TIME].cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+    order = np.lexsort((code_events[ORDER].to_numpy(), seq, event_time, event_kind, event_visit))
     prefixes = pa.array([KIND_TOKEN_PREFIX.get(k, "") for k in EVENT_KINDS])
     tokens = pc.binary_join_element_wise(prefixes.take(pa.array(event_kind[order])),
                                          code_events[CODE].combine_chunks().take(pa.array(order)), "")

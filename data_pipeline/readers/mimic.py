@@ -1,7 +1,8 @@
 """MIMIC-IV `hosp` reader: patients, admissions, diagnoses_icd, procedures_icd and (optional) hcpcsevents.
 
 Columns and types are those of the released CSVs (`.csv.gz`, `.csv` or `.parquet`). Every code event takes its
-admission's id and admittime; procedure chart dates are not used because the visit, not the day, is the unit.
+admission's id (the visit); its time is the admission time, or for procedures and HCPCS their chart date, which
+orders them within the visit (the visit itself always starts at admittime).
 Referential problems (a diagnosis whose subject is not in patients, a code row whose hadm_id is not in
 admissions) are errors, not drops: they mean the extract is inconsistent, and a silent drop would hide that.
 """
@@ -34,7 +35,10 @@ PATIENT_COLUMNS = {MIMIC_SUBJECT: pa.int64(), "gender": pa.string(), "anchor_age
 ADMISSION_COLUMNS = {MIMIC_SUBJECT: pa.int64(), MIMIC_HADM: pa.int64(), "admittime": pa.timestamp("s")}
 ICD_COLUMNS = {MIMIC_SUBJECT: pa.int64(), MIMIC_HADM: pa.int64(), MIMIC_SEQ: pa.int64(),
                MIMIC_ICD_CODE: pa.string(), MIMIC_ICD_VERSION: pa.int64()}
-HCPCS_COLUMNS = {MIMIC_SUBJECT: pa.int64(), MIMIC_HADM: pa.int64(), "hcpcs_cd": pa.string(), MIMIC_SEQ: pa.int64()}
+MIMIC_CHARTDATE = "chartdate"
+PROCEDURE_COLUMNS = dict(ICD_COLUMNS, **{MIMIC_CHARTDATE: pa.date32()})
+HCPCS_COLUMNS = {MIMIC_SUBJECT: pa.int64(), MIMIC_HADM: pa.int64(), "hcpcs_cd": pa.string(), MIMIC_SEQ: pa.int64(),
+                 MIMIC_CHARTDATE: pa.date32()}
 
 
 def _require_rows(path: Path, table: pa.Table) -> None:
@@ -64,6 +68,15 @@ def _lookup_visits(path: Path, table: pa.Table, adm_hadm_sorted: np.ndarray, adm
     return hadm, pa.array(adm_time[admission], TIME_TYPE)
 
 
+def _event_times(table: pa.Table, admit_times: pa.Array) -> pa.Array:
+    """A procedure/HCPCS row's chart date when recorded (so a visit's procedures keep their time order, as in
+    MIMIC-MEDS), else its admission time; diagnoses have no time of their own and take the admission time."""
+    if MIMIC_CHARTDATE not in table.column_names:
+        return admit_times
+    chart = table[MIMIC_CHARTDATE].combine_chunks().cast(pa.timestamp("s")).cast(TIME_TYPE)
+    return pc.coalesce(chart, admit_times)
+
+
 def _icd_events(path: Path, table: pa.Table, kind: str, visit_lookup) -> pa.Table:
     version = table[MIMIC_ICD_VERSION].to_numpy()
     bad = first_false((version == 9) | (version == 10))
@@ -71,6 +84,7 @@ def _icd_events(path: Path, table: pa.Table, kind: str, visit_lookup) -> pa.Tabl
         raise PrepareError(path, f"unknown ICD version {version[bad]} (expected 9 or 10)", column=MIMIC_ICD_VERSION,
                            row=csv_line(bad))
     hadm, times = visit_lookup(path, table)
+    times = _event_times(table, times)
     system = np.where(version == 9, 0, 1).astype(np.int8)  # index into CODE_SYSTEMS: icd9 = 0, icd10 = 1
     return make_events(table[MIMIC_SUBJECT], pa.array(hadm, pa.int64()), times, kind, system,
                        table[MIMIC_ICD_CODE], table[MIMIC_SEQ])
@@ -125,7 +139,7 @@ def read_mimic(hosp_dir: str | Path) -> RawRecords:
 
     path = find_table_file(hosp_dir, PROCEDURES, required=False)
     if path is not None:
-        procedures = read_table(path, ICD_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION))
+        procedures = read_table(path, PROCEDURE_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION))
         rows_read[PROCEDURES] = procedures.num_rows
         if procedures.num_rows:
             parts.append(_icd_events(path, procedures, KIND_PX, visit_lookup))
@@ -136,17 +150,16 @@ def read_mimic(hosp_dir: str | Path) -> RawRecords:
         rows_read[HCPCS] = hcpcs.num_rows
         if hcpcs.num_rows:
             hadm, times = visit_lookup(path, hcpcs)
+            times = _event_times(hcpcs, times)
             parts.append(make_events(hcpcs[MIMIC_SUBJECT], pa.array(hadm, pa.int64()), times, KIND_CPT, SYSTEM_CPT,
                                      hcpcs["hcpcs_cd"], hcpcs[MIMIC_SEQ]))
 
     # Demographics: MIMIC gives age at an anchor year; the birth year is anchor_year - anchor_age and, as in the
     # MIMIC-MEDS ETL, the birth time is January 1st of that year.
     birth_year = patients["anchor_year"].to_numpy() - patients["anchor_age"].to_numpy()
-    n = patients.num_rows
     parts.insert(0, make_events(patient_ids, None, years_to_timestamps(birth_year), KIND_DEMOGRAPHIC, SYSTEM_BIRTH,
                                 pc.cast(pa.array(birth_year), pa.string())))
     parts.insert(1, make_events(patient_ids, None, None, KIND_DEMOGRAPHIC, SYSTEM_SEX, patients["gender"]))
-    del n
 
     visits = pa.Table.from_arrays([admissions[MIMIC_SUBJECT], admissions[MIMIC_HADM],
                                    admissions["admittime"].cast(TIME_TYPE)], schema=VISITS_SCHEMA)
