@@ -10,20 +10,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
 from sparseehr.data_pipeline import schema
 from sparseehr.eval import baselines
 from sparseehr.eval.cohort import build_screening_cohort
 from sparseehr.eval.frequency import DEFAULT_COMMON_COVERAGE, common_codes
-from sparseehr.eval.instances import PatientRecord, build_instances
+from sparseehr.eval.instances import build_instances, load_splits
 from sparseehr.eval.nextvisit import DEFAULT_KS, evaluate_rankings, target_vocabulary_summary
 from sparseehr.eval.report import (REPORT_JSON, REPORT_MD, json_writer, markdown_table, recall_plot_writer,
                                    sweep_plot_writer, text_writer, write_outputs)
 from sparseehr.eval.screening import DEFAULT_K_CLS, evaluate_screening, predictions_table
 
 RECALL_PLOT = "recall_at_k.png"
+SELECT, TEST = "validation", "test"      # cohort roles in the screening report (k_cls choice, final metrics)
 SWEEP_PLOT = "screening_sweep.png"
 
 
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     nv = sub.add_parser("next-visit", help="next-visit ICD-10 Recall@K, rare/common split, beside baselines")
     _add_common(nv)
     _add_scoring(nv)
-    nv.add_argument("--split", choices=schema.SPLITS, default=schema.SPLIT_TEST)
+    nv.add_argument("--split", choices=schema.SPLITS, nargs="+", default=[schema.SPLIT_TEST],
+                    help="split(s) to evaluate (several are pooled: e.g. all three for a zero-shot target)")
     nv.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_KS), help="cut-offs K")
     nv.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (patients resampled)")
     nv.add_argument("--common-coverage", type=float, default=DEFAULT_COMMON_COVERAGE,
@@ -69,12 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring(sc)
     sc.add_argument("--k-cls", type=int, nargs="+", default=list(DEFAULT_K_CLS), help="k_cls grid")
     sc.add_argument("--controls-per-case", type=float, default=1.0, help="controls per case (1.0 = balanced)")
+    sc.add_argument("--select-on", choices=schema.SPLITS, nargs="+", default=[schema.SPLIT_VALIDATION],
+                    help="split(s) whose cohort chooses k_cls (default validation)")
+    sc.add_argument("--test-on", choices=schema.SPLITS, nargs="+", default=[schema.SPLIT_TEST],
+                    help="split(s) whose cohort is tested (default test); must not overlap --select-on")
 
     ro = sub.add_parser("routing", help="per MoE layer and expert: routed tokens by token type and ICD-10 chapter")
     ro.add_argument("--model", required=True, type=Path, help="HF_DIR")
     ro.add_argument("--data", required=True, type=Path)
     ro.add_argument("--out", required=True, type=Path)
-    ro.add_argument("--split", choices=schema.SPLITS, default=schema.SPLIT_TEST)
+    ro.add_argument("--split", choices=schema.SPLITS, nargs="+", default=[schema.SPLIT_TEST])
     ro.add_argument("--max-patients", type=int, default=None)
     ro.add_argument("--batch-size", type=int, default=8)
     ro.add_argument("--seed", type=int, default=0)
@@ -93,6 +98,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--samples applies only to --scoring sampled")
     if getattr(args, "scoring", None) == "sampled" and args.samples is None:
         args.samples = 10
+    if getattr(args, "select_on", None) and set(args.select_on) & set(args.test_on):
+        parser.error("--select-on and --test-on must not share a split (k_cls would be chosen on test data)")
     if not args.data.is_dir():
         parser.error(f"--data {args.data}: no such DATA_DIR")
 
@@ -100,17 +107,6 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
 # ------------------------------------------------------------------------------------------------------------
 # Shared set-up
 # ------------------------------------------------------------------------------------------------------------
-def load_split(data_dir: Path, split: str, max_patients: int | None, seed: int) -> list[PatientRecord]:
-    from sparseehr.data_pipeline.datadir import load_patients
-
-    dataset = load_patients(data_dir, split)
-    rows = list(range(len(dataset)))
-    if max_patients is not None and max_patients < len(dataset):
-        rows = sorted(np.random.default_rng(seed).choice(len(dataset), size=max_patients, replace=False).tolist())
-    source = f"{data_dir}/{schema.DATA_PATIENTS_DIR} split {split}"
-    return [PatientRecord.from_row(row, i, source) for i, row in zip(rows, dataset.select(rows))]
-
-
 def make_systems(args: argparse.Namespace, counts: dict[str, int]) -> tuple[object, dict, dict]:
     """(primary scorer, baseline scorers by name, scoring description)."""
     baseline_scorers = {name: baselines.make_baseline(name, counts) for name in baselines.BASELINE_NAMES}
@@ -151,7 +147,7 @@ def run_next_visit(args: argparse.Namespace) -> int:
     from sparseehr.data_pipeline.datadir import load_train_code_counts
 
     counts = load_train_code_counts(args.data)
-    built = build_instances(load_split(args.data, args.split, args.max_patients, args.seed))
+    built = build_instances(load_splits(args.data, args.split, args.max_patients, args.seed))
     primary, baseline_scorers, scoring = make_systems(args, counts)
     ks = sorted(args.k)
     common = common_codes(counts, args.common_coverage)
@@ -159,7 +155,7 @@ def run_next_visit(args: argparse.Namespace) -> int:
     blocks = {name: evaluate_rankings(built.instances, r, ks, common, args.bootstrap, args.seed)
               for name, r in rankings.items()}
     report = {
-        "task": "next-visit", "model": args.model, "data": str(args.data), "split": args.split, "ks": ks,
+        "task": "next-visit", "model": args.model, "data": str(args.data), "split": "+".join(args.split), "ks": ks,
         "scoring": scoring, "n_instances": len(built.instances), "n_patients": built.n_patients,
         "n_patients_in_split": built.n_patients_seen, "n_pairs_without_dx_target": built.n_pairs_without_dx_target,
         "targets": target_vocabulary_summary(built.instances, _scorer_vocabulary(primary, counts)),
@@ -173,7 +169,7 @@ def run_next_visit(args: argparse.Namespace) -> int:
     write_outputs(args.out, {
         REPORT_JSON: json_writer(report),
         REPORT_MD: text_writer(next_visit_markdown(report, ks)),
-        RECALL_PLOT: recall_plot_writer(ks, curves, f"Next-visit Recall@K ({args.split})"),
+        RECALL_PLOT: recall_plot_writer(ks, curves, f"Next-visit Recall@K ({'+'.join(args.split)})"),
     })
     print(f"[eval] next-visit report: {args.out / REPORT_JSON}")
     return 0
@@ -223,31 +219,34 @@ def run_screening(args: argparse.Namespace) -> int:
 
     counts = load_train_code_counts(args.data)
     cohorts = {}
-    for split in (schema.SPLIT_VALIDATION, schema.SPLIT_TEST):
-        instances = build_instances(load_split(args.data, split, args.max_patients, args.seed)).instances
-        cohorts[split] = build_screening_cohort(instances, args.controls_per_case, args.seed)
-        print(f"[eval] screening cohort {split}: {cohorts[split].summary()}", flush=True)
+    for role, splits in ((SELECT, args.select_on), (TEST, args.test_on)):
+        instances = build_instances(load_splits(args.data, splits, args.max_patients, args.seed)).instances
+        cohorts[role] = build_screening_cohort(instances, args.controls_per_case, args.seed)
+        print(f"[eval] screening cohort {role} ({'+'.join(splits)}): {cohorts[role].summary()}", flush=True)
+        if cohorts[role].n_cases == 0:
+            print(f"[eval] warning: no diabetes case in {'+'.join(splits)}: screening metrics there are undefined",
+                  flush=True)
     primary, baseline_scorers, scoring = make_systems(args, counts)
     k_grid = sorted(args.k_cls)
     ranked = {split: _rank_all(primary, baseline_scorers, cohort.instances, max(k_grid))
               for split, cohort in cohorts.items()}
-    results = {name: evaluate_screening(cohorts[schema.SPLIT_VALIDATION], ranked[schema.SPLIT_VALIDATION][name],
-                                        cohorts[schema.SPLIT_TEST], ranked[schema.SPLIT_TEST][name], k_grid)
-               for name in ranked[schema.SPLIT_TEST]}
+    results = {name: evaluate_screening(cohorts[SELECT], ranked[SELECT][name], cohorts[TEST], ranked[TEST][name],
+                                        k_grid)
+               for name in ranked[TEST]}
     report = {
         "task": "screening", "model": args.model, "data": str(args.data), "scoring": scoring,
         "cohort": {"definition": "cases: first visit with E08-E13, none before; controls: patients never coded "
                                  "E08-E13, one instance each", "controls_per_case": args.controls_per_case,
-                   "seed": args.seed, **{split: c.summary() for split, c in cohorts.items()}},
+                   "seed": args.seed, "validation_splits": args.select_on, "test_splits": args.test_on,
+                   **{role: c.summary() for role, c in cohorts.items()}},
         "k_cls_grid": k_grid, **results["model"],
         "baselines": {name: results[name] for name in baselines.BASELINE_NAMES},
     }
     writers = {REPORT_JSON: json_writer(report), REPORT_MD: text_writer(screening_markdown(report)),
                SWEEP_PLOT: sweep_plot_writer({name: r["validation_sweep"] for name, r in results.items()},
                                              "Diabetes screening: validation sweep")}
-    test_cohort = cohorts[schema.SPLIT_TEST]
     for name, result in results.items():
-        table = predictions_table(test_cohort, ranked[schema.SPLIT_TEST][name], result["k_cls"])
+        table = predictions_table(cohorts[TEST], ranked[TEST][name], result["k_cls"])
         writers[_prediction_file(name)] = lambda path, t=table: pq.write_table(t, path)
     write_outputs(args.out, writers)
     print(f"[eval] screening report: {args.out / REPORT_JSON}")

@@ -7,7 +7,8 @@ Pairs whose next visit has no diagnosis code cannot have a recall and are counte
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,3 +147,18 @@ def instance_context(instance: Instance, budget: int) -> np.ndarray:
     patient = instance.patient
     return truncate_context(instance.context_ids, patient.prefix_len,
                             patient.visit_offsets[: instance.target_visit], budget)
+
+
+def load_splits(data_dir: Path, splits: Sequence[str], max_patients: int | None, seed: int) -> list[PatientRecord]:
+    """Patients of the given splits (pooled, in split order); `max_patients` draws a seeded subset per split."""
+    from sparseehr.data_pipeline.datadir import load_patients  # DATA_DIR reading belongs to data_pipeline
+
+    patients: list[PatientRecord] = []
+    for split in dict.fromkeys(splits):
+        dataset = load_patients(data_dir, split)
+        rows = list(range(len(dataset)))
+        if max_patients is not None and max_patients < len(dataset):
+            rows = sorted(np.random.default_rng(seed).choice(len(dataset), size=max_patients, replace=False).tolist())
+        source = f"{data_dir}/{schema.DATA_PATIENTS_DIR} split {split}"
+        patients += [PatientRecord.from_row(row, i, source) for i, row in zip(rows, dataset.select(rows))]
+    return patients

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sparseehr.data_pipeline import schema
-from sparseehr.eval.instances import truncate_context
+from sparseehr.eval.instances import load_splits, truncate_context
 from sparseehr.eval.report import REPORT_JSON, REPORT_MD, json_writer, markdown_table, text_writer, write_outputs
 
 HEATMAP = "routing_heatmap.png"
@@ -162,7 +162,6 @@ def run_routing(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from sparseehr.data_pipeline.datadir import load_tokenizer
-    from sparseehr.eval.cli import load_split
     from sparseehr.eval.scorers import check_same_vocabulary, load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -172,7 +171,7 @@ def run_routing(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.data)
     if (Path(args.model) / "tokenizer_config.json").is_file():
         check_same_vocabulary(AutoTokenizer.from_pretrained(str(args.model)), tokenizer, args.model, args.data)
-    patients = load_split(args.data, args.split, args.max_patients, args.seed)
+    patients = load_splits(args.data, args.split, args.max_patients, args.seed)
     window = int(model.config.max_position_embeddings)
     sequences = [truncate_context(p.input_ids, p.prefix_len, p.visit_offsets, window) for p in patients]
     if not sequences:
@@ -183,7 +182,7 @@ def run_routing(args: argparse.Namespace) -> int:
     layers = list(model.config.moe_layer_indices)
     n_experts = model.config.num_experts
     report = {
-        "task": "routing", "model": str(args.model), "data": str(args.data), "split": args.split,
+        "task": "routing", "model": str(args.model), "data": str(args.data), "split": "+".join(args.split),
         "n_sequences": len(sequences), "n_tokens": counted["n_tokens"], "num_experts": n_experts,
         "num_experts_per_tok": model.config.num_experts_per_tok, "token_types": types, "icd10_chapters": chapters,
         "layers": [{"layer": layer,

@@ -126,6 +126,10 @@ def test_errors_exit_non_zero_and_leave_nothing(data_dir, tmp_path, capsys):
     assert exited.value.code == 2
     with pytest.raises(SystemExit):
         run("next-visit", "--model", "baseline:frequency", "--data", data_dir, "--out", out, "--samples", "3")
+    with pytest.raises(SystemExit):
+        run("screening", "--model", "baseline:frequency", "--data", data_dir, "--out", out,
+            "--select-on", "validation", "--test-on", "validation", "test")
+    assert not out.exists()
 
 
 def test_console_command_in_a_subprocess(data_dir, tmp_path):
@@ -136,3 +140,12 @@ def test_console_command_in_a_subprocess(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == "baseline:history" and report["n_instances"] == 7
+
+
+def test_pooled_splits(data_dir, tmp_path):
+    out = tmp_path / "pooled"
+    assert run("next-visit", "--model", "baseline:frequency", "--data", data_dir, "--out", out,
+               "--split", "validation", "test", "--bootstrap", "20") == 0
+    report = json.loads((out / "report.json").read_text())
+    # validation adds 1 + 2 + 1 + 1 = 5 pairs from 4 patients to the test split's 7 from 5
+    assert (report["split"], report["n_instances"], report["n_patients"]) == ("validation+test", 12, 9)
