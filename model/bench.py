@@ -1,6 +1,6 @@
 """`sparseehr bench model`: CPU forward+backward tokens/s of SparseEHR vs transformers' own Qwen2-MoE.
 
-    sparseehr bench model [--tokens 1024 4096 16384] [--repeats 3] [--threads 2] [--json]
+    sparseehr bench model [--tokens 1024 4096 16384] [--repeats 3] [--threads 1] [--json]
 
 Two comparisons at a matched configuration, measured in the same run (ratios = ours / Qwen2-MoE):
 (a) one MoE block: our DeepSpeed-based block (router + 4 experts top-1 + sigmoid-gated shared expert) vs
@@ -13,8 +13,10 @@ of `--repeats` timed calls after one warm-up call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -41,14 +43,16 @@ def qwen_config_matching(config, **overrides):
     return qwen
 
 
-def time_call(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up: allocator, lazy init
-    times = []
+def time_pair(ours: Callable[[], None], theirs: Callable[[], None], repeats: int) -> tuple[float, float]:
+    """Median seconds per call of each, alternating the two so that load drift on a shared machine hits both."""
+    ours(), theirs()  # warm-up: allocator, lazy init
+    ours_times, their_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step, times in ((ours, ours_times), (theirs, their_times)):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return statistics.median(ours_times), statistics.median(their_times)
 
 
 def bench_block(config, tokens: int, repeats: int) -> tuple[float, float]:
@@ -71,7 +75,8 @@ def bench_block(config, tokens: int, repeats: int) -> tuple[float, float]:
     def qwen_step() -> None:
         qwen(x).sum().backward()
 
-    return tokens / time_call(ours_step, repeats), tokens / time_call(qwen_step, repeats)
+    ours_s, qwen_s = time_pair(ours_step, qwen_step, repeats)
+    return tokens / ours_s, tokens / qwen_s
 
 
 def bench_model(config, tokens: int, repeats: int) -> tuple[float, float]:
@@ -90,7 +95,8 @@ def bench_model(config, tokens: int, repeats: int) -> tuple[float, float]:
     def qwen_step() -> None:
         qwen(ids, labels=ids).loss.backward()
 
-    return tokens / time_call(ours_step, repeats), tokens / time_call(qwen_step, repeats)
+    ours_s, qwen_s = time_pair(ours_step, qwen_step, repeats)
+    return tokens / ours_s, tokens / qwen_s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,16 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384],
                         help=f"tokens per call (multiples of {SEQ_LEN})")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per figure (median reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared 2-core machine 2 threads oversubscribe)")
     parser.add_argument("--preset", default="small", help="model preset for both comparisons")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
     args = parser.parse_args(argv)
     bad = [t for t in args.tokens if t <= 0 or t % SEQ_LEN]
     if bad or args.repeats < 1 or args.threads < 1:
         print(f"sparseehr bench model: --tokens must be positive multiples of {SEQ_LEN} (got {bad}), "
-              f"--repeats and --threads >= 1", flush=True)
+              f"--repeats and --threads >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401  (its import-time log lines would otherwise pollute --json output)
     # shared_expert_gate=True: Qwen2-MoE always gates its shared expert, so the blocks do the same work.
     config = get_preset(args.preset, shared_expert_gate=True, max_position_embeddings=max(SEQ_LEN, 512))
     results = []

@@ -8,6 +8,7 @@ closed-form accounting before anything is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -98,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     args = parser.parse_args(argv)
     overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+    with contextlib.redirect_stdout(sys.stderr):
+        import deepspeed  # noqa: F401  (its import-time log lines would otherwise pollute stdout)
     dense_layers = args.dense_layers or [get_preset(args.preset, **overrides).first_k_dense_replace]
     try:
         rows = build_rows(args.preset, dense_layers, args.seq_len, overrides)

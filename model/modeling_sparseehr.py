@@ -467,14 +467,18 @@ class SparseEHRForCausalLM(SparseEHRPreTrainedModel, GenerationMixin):
 
         loss = lm_loss = None
         if labels is not None:
-            targets = labels[:, 1:]
-            if position_ids is not None:
-                restarts = (position_ids if position_ids.dim() == 2 else position_ids[None])[:, 1:] == 0
-                targets = targets.masked_fill(restarts.expand_as(targets), IGNORE_INDEX)
             if logits_to_keep:
                 raise ValueError("labels and logits_to_keep cannot be combined: the loss needs every position")
-            token_losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                           targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+            # Shift the labels, not the logits: slicing [B, T, V] logits costs a copy forward and a zero-filled
+            # full-size gradient backward.
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # targets[t] = labels[t + 1]
+            if position_ids is not None:
+                pos = position_ids if position_ids.dim() == 2 else position_ids[None]
+                # The next patient's first token (position restarts at 0) is never a target of the previous one.
+                restarts = F.pad(pos[:, 1:] == 0, (0, 1), value=False)
+                targets = targets.masked_fill(restarts.expand_as(targets), IGNORE_INDEX)
+            token_losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                           ignore_index=IGNORE_INDEX, reduction="sum")
             if num_items_in_batch is not None:
                 denominator = num_items_in_batch
             else:

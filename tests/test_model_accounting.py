@@ -82,3 +82,24 @@ def test_paper_rows_imply_different_expert_widths():
     widths = {d: info.implied_expert_width(d, t, a, config) for d, (t, a) in info.PAPER_TABLE4.items()}
     assert round(widths[4]) == round((807e6 - 470e6) / (12 * 3 * 3 * 2048))
     assert widths[8] - widths[0] > 300  # no single expert width fits every row
+
+
+def test_model_info_json_is_clean(capsys):
+    import json
+
+    assert info.main(["--preset", "tiny", "--dense-layers", "0", "1", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["dense_layers"] for r in rows] == [0, 1]
+    assert rows[0]["total"] > rows[1]["total"]  # D=0 has one more MoE block
+
+
+def test_bench_model_cli_runs_and_rejects_bad_sizes(capsys):
+    import json
+
+    from sparseehr.model import bench
+
+    assert bench.main(["--preset", "tiny", "--tokens", "512", "--repeats", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["bench"], r["tokens_per_call"]) for r in report["results"]] == [("moe_block", 512), ("model", 512)]
+    assert all(r["ours_tokens_per_s"] > 0 and r["ratio"] > 0 for r in report["results"])
+    assert bench.main(["--tokens", "1000"]) == 2
