@@ -125,7 +125,7 @@ def build_codebook() -> CodeBook:
     if missing:
         raise ValueError(f"simulator tables name ICD-10-CM codes without a reverse-GEM ICD-9 code: {missing}")
     named_categories = {c[:3] for c in named}
-    leaves = sorted(c for c in cm.get_all_codes(with_dots=False) if cm.is_leaf(c))
+    leaves = sorted({c for c in cm.get_all_codes(with_dots=False) if cm.is_leaf(c)})
     # Tail: adult-plausible (no pregnancy/perinatal/congenital chapters), not in a named category, GEM-mappable.
     # Injury codes only as initial encounters ("A"), else the 7th-character explosion would dominate the tail.
     candidates = [c for c in leaves if c in rev and c[:3] not in named_categories and c[0] not in "OPQVX"
