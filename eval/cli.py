@@ -120,9 +120,7 @@ def make_systems(args: argparse.Namespace, counts: dict[str, int]) -> tuple[obje
     model_dir = Path(args.model)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(args.data)
-    if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-        check_same_vocabulary(AutoTokenizer.from_pretrained(str(model_dir)), tokenizer, model_dir, args.data)
+    check_same_vocabulary(model_dir, tokenizer, args.data)
     config = ScoringConfig(mode=args.scoring, step_limit=args.step_limit, samples=args.samples or 1,
                            batch_size=args.batch_size, seed=args.seed)
     scorer = ModelScorer(load_model(model_dir, device), tokenizer, config, name=str(model_dir))

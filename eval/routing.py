@@ -159,8 +159,6 @@ def routing_markdown(report: dict) -> str:
 
 
 def run_routing(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
     from sparseehr.data_pipeline.datadir import load_tokenizer
     from sparseehr.eval.scorers import check_same_vocabulary, load_model
 
@@ -169,8 +167,7 @@ def run_routing(args: argparse.Namespace) -> int:
     if not model.config.moe_layer_indices:
         raise ValueError(f"{args.model}: the model has no MoE layer to analyse")
     tokenizer = load_tokenizer(args.data)
-    if (Path(args.model) / "tokenizer_config.json").is_file():
-        check_same_vocabulary(AutoTokenizer.from_pretrained(str(args.model)), tokenizer, args.model, args.data)
+    check_same_vocabulary(args.model, tokenizer, args.data)
     patients = load_splits(args.data, args.split, args.max_patients, args.seed)
     window = int(model.config.max_position_embeddings)
     sequences = [truncate_context(p.input_ids, p.prefix_len, p.visit_offsets, window) for p in patients]
@@ -181,15 +178,18 @@ def run_routing(args: argparse.Namespace) -> int:
                             tokenizer.pad_token_id)
     layers = list(model.config.moe_layer_indices)
     n_experts = model.config.num_experts
+    layer_reports = [{"layer": layer,
+                      **routing_statistics(counted["by_type"][i].sum(axis=1), counted["entropy_sum"][i],
+                                           counted["n_tokens"], n_experts),
+                      "by_token_type": counted["by_type"][i].tolist(),
+                      "by_icd10_chapter": counted["by_chapter"][i].tolist()} for i, layer in enumerate(layers)]
     report = {
         "task": "routing", "model": str(args.model), "data": str(args.data), "split": "+".join(args.split),
         "n_sequences": len(sequences), "n_tokens": counted["n_tokens"], "num_experts": n_experts,
         "num_experts_per_tok": model.config.num_experts_per_tok, "token_types": types, "icd10_chapters": chapters,
-        "layers": [{"layer": layer,
-                    **routing_statistics(counted["by_type"][i].sum(axis=1), counted["entropy_sum"][i],
-                                         counted["n_tokens"], n_experts),
-                    "by_token_type": counted["by_type"][i].tolist(),
-                    "by_icd10_chapter": counted["by_chapter"][i].tolist()} for i, layer in enumerate(layers)],
+        # Mean over layers of the per-layer std: the convention of training's metrics.jsonl `expert_load_std`.
+        "utilisation_std_mean": float(np.mean([lay["utilisation_std"] for lay in layer_reports])),
+        "layers": layer_reports,
     }
     write_outputs(args.out, {REPORT_JSON: json_writer(report), REPORT_MD: text_writer(routing_markdown(report)),
                              HEATMAP: heatmap_writer(layers, types, counted["by_type"])})

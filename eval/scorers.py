@@ -61,9 +61,22 @@ def load_model(hf_dir: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval()
 
 
-def check_same_vocabulary(model_tokenizer, data_tokenizer, model_dir: str | Path, data_dir: str | Path) -> None:
-    """The DATA_DIR's token ids must mean what the model learned: prepare the target with the model's vocabulary."""
-    if model_tokenizer.get_vocab() != data_tokenizer.get_vocab():
+def check_same_vocabulary(model_dir: str | Path, data_tokenizer, data_dir: str | Path) -> None:
+    """The DATA_DIR's token ids must mean what the model learned: prepare the target with the model's vocabulary.
+    Checked when HF_DIR carries a tokenizer (as `sparseehr export` writes it); the embedding size always is."""
+    model_dir = Path(model_dir)
+    config_file = model_dir / "config.json"
+    if config_file.is_file():
+        import json
+        vocab_size = json.loads(config_file.read_text()).get("vocab_size")
+        if vocab_size is not None and vocab_size < len(data_tokenizer):
+            raise ValueError(f"{model_dir} has vocab_size {vocab_size} but {data_dir}/{schema.DATA_TOKENIZER_DIR} has "
+                             f"{len(data_tokenizer)} tokens: prepare the data with the model's vocabulary")
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(str(model_dir)).get_vocab() != data_tokenizer.get_vocab():
         raise ValueError(f"the tokenizer in {model_dir} differs from {data_dir}/{schema.DATA_TOKENIZER_DIR}: prepare "
                          f"the data with the model's vocabulary")
 

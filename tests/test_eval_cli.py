@@ -3,6 +3,7 @@ tiny model through next-visit, screening and routing, and the error paths."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from sparseehr.eval.cli import main
 
-from eval_tiny_datadir import build_datadir, save_model_dir, train_tiny_model
+from eval_tiny_datadir import build_datadir, build_tokenizer, save_model_dir, train_tiny_model
 
 KS = ["1", "3", "10"]
 
@@ -112,15 +113,24 @@ def test_routing_counts_every_token_once_per_route(data_dir, model_dir, tmp_path
         assert sum(map(sum, layer["by_icd10_chapter"])) == 17
         assert sum(layer["expert_share"]) == pytest.approx(1.0)
         assert 0 <= layer["routing_entropy_normalised"] <= 1 and layer["utilisation_std"] >= 0
+    assert report["utilisation_std_mean"] == pytest.approx(
+        sum(layer["utilisation_std"] for layer in report["layers"]) / len(report["layers"]))
     assert "4 E00-E89" in report["icd10_chapters"] and "unknown" in report["icd10_chapters"]   # DX:<unk>
     assert (out / "routing_heatmap.png").stat().st_size > 1000
 
 
-def test_errors_exit_non_zero_and_leave_nothing(data_dir, tmp_path, capsys):
+def test_errors_exit_non_zero_and_leave_nothing(data_dir, model_dir, tmp_path, capsys):
     out = tmp_path / "never"
     assert run("next-visit", "--model", tmp_path / "no_model", "--data", data_dir, "--out", out) == 1
     assert "config.json missing" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob(".never.tmp-*"))
+    other_vocab = tmp_path / "other_vocab"
+    shutil.copytree(model_dir, other_vocab)
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(["DX:E780"])                       # ids no longer mean what the DATA_DIR means
+    tokenizer.save_pretrained(str(other_vocab))
+    assert run("routing", "--model", other_vocab, "--data", data_dir, "--out", out) == 1
+    assert "prepare the data with the model's vocabulary" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         run("next-visit", "--model", "baseline:frequency", "--data", tmp_path / "missing", "--out", out)
     assert exited.value.code == 2
