@@ -152,44 +152,53 @@ def prepare(config: PrepareConfig) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     steps = tqdm(total=7, desc="prepare", disable=not config.progress, unit="step")
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def step_done(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 3)
+        clock[0] = now
+        steps.update()
     try:
         tmp.mkdir()
         work = tmp / "_work"
         work.mkdir()
         steps.set_postfix_str("read")
         records = _read(config)
-        steps.update()
+        step_done("read")
 
         steps.set_postfix_str("harmonize")
         harmonized = harmonize(records.events, config.harmonization)
         events_read = int(sum(records.rows_read.values()))
         del records.events
-        steps.update()
+        step_done("harmonize")
 
         steps.set_postfix_str("timelines")
-        timelines = build_timelines(harmonized.events, records.visits)
-        del harmonized.events
+        timelines = build_timelines(harmonized, records.visits)
+        harmonized.code_events = harmonized.demographics = None  # free memory before tokenizing
         staging = timelines.table
         subject_ids = staging[SUBJECT_ID].to_numpy()
         split, split_source = _split_index(records, subject_ids, config)
-        steps.update()
+        step_done("timelines")
 
         steps.set_postfix_str("vocabulary")
         if vocab_dir is not None:
             vocab, vocab_stats = Vocabulary.from_tokenizer_dir(vocab_dir), {"reused_from": str(config.vocab_from)}
         else:
             vocab, vocab_stats = build_vocabulary(timelines.event_patient, timelines.event_token,
-                                                  timelines.region_tokens, split == 0, config.vocab)
+                                                  timelines.token_strings, timelines.region_tokens, split == 0,
+                                                  config.vocab)
         timeline_counts = timelines.counts
         del timelines
-        steps.update()
+        step_done("vocabulary")
 
         steps.set_postfix_str("tokenize")
         patients, windows = {}, {}
         for index, name in enumerate(SPLITS):
             patients[name], windows[name] = _map_split(staging.filter(pa.array(split == index)), work, name,
                                                        vocab, config)
-        steps.update()
+        step_done("tokenize")
 
         steps.set_postfix_str("save")
         datasets.DatasetDict(patients).save_to_disk(str(tmp / DATA_PATIENTS_DIR))
@@ -209,8 +218,9 @@ def prepare(config: PrepareConfig) -> dict:
         del patients, windows
         shutil.rmtree(work)
         report["elapsed_s"] = round(time.perf_counter() - started, 3)
+        report["timings_s"] = timings
         (tmp / PREPARE_REPORT_FILE).write_text(json.dumps(report, indent=2))
-        steps.update()
+        step_done("save")
 
         steps.set_postfix_str("rename")
         if out.exists():  # only reachable with overwrite=True
@@ -220,7 +230,7 @@ def prepare(config: PrepareConfig) -> dict:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, out)
-        steps.update()
+        step_done("rename")
         return report
     finally:
         steps.close()

@@ -6,7 +6,7 @@
   `px_prefix_len` characters (section + body system + root operation, e.g. 0DT).
 - Drop policy: a code that is empty, malformed, unmapped (CMS NoDx/NoPCS or absent from the GEM) or whose
   ICD-10-CM category does not exist is dropped, and every drop is counted under its reason.
-All vectorised over unique codes: per-row work is arrow/numpy only.
+The policy runs once per distinct (code, system); per-row work is integer numpy only.
 """
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparseehr.data_pipeline.arrays import dense_codes
 from sparseehr.data_pipeline.gems import Gem, load_dx_gem, load_px_gem
-from sparseehr.data_pipeline.readers.common import SYSTEM_DICT, dictionary_codes
+from sparseehr.data_pipeline.readers.common import KIND_DICT, dictionary_codes
 from sparseehr.data_pipeline.schema import (
-    CODE, CODE_SYSTEMS, EVENT_KINDS, KIND, KIND_CPT, KIND_DX, KIND_PX, SYSTEM, SYSTEM_CPT, SYSTEM_ICD9,
-    SYSTEM_ICD10,
+    CODE, CODE_SYSTEMS, CPT_PREFIX, DX_PREFIX, EVENT_KINDS, KIND, KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX,
+    PX_PREFIX, SEQ_NUM, SUBJECT_ID, SYSTEM, SYSTEM_ICD9, SYSTEM_ICD10, TIME, VISIT_ID,
 )
 
 HARMONIZATION_VERSION = 1
@@ -36,8 +37,6 @@ ORDER = "_order"  # internal column: the row's position in the reader's output (
 CATEGORY_PACKAGE, CATEGORY_RESOURCE = "simple-icd-10-cm", ("simple_icd_10_cm", "data/code-list-April-2026.txt")
 ICD10CM_FORMAT = r"^[A-Z][0-9][0-9A-Z][0-9A-Z]{0,4}$"
 ICD10PCS_FORMAT = r"^[0-9A-HJ-NP-Z]{7}$"   # PCS uses digits and letters except I and O
-ICD9_DX_FORMAT = r"^([0-9]{3,5}|V[0-9]{2,4}|E[0-9]{3,4})$"
-ICD9_PX_FORMAT = r"^[0-9]{2,4}$"
 CPT_FORMAT = r"^[0-9A-Z]{5}$"              # CPT (5 digits, or 4 digits + F/T/U) and HCPCS level II (letter + 4)
 
 
@@ -87,11 +86,24 @@ def settings_record(settings: HarmonizationSettings) -> dict:
 
 @dataclass
 class HarmonizedEvents:
-    """Code events with canonical codes (system icd10/cpt) plus demographic rows; counts and drops by reason."""
+    """Harmonized code events and the token table they point into.
 
-    events: pa.Table
+    code_events: SUBJECT_ID, VISIT_ID, TIME, KIND, SEQ_NUM, ORDER, TOKEN (int32 row of the token table); one row
+        per kept target (a combination code yields several rows, in GEM order).
+    tokens: TOKEN_STRING (e.g. DX:E11), CODE (canonical code, e.g. E11), KIND; one row per distinct token.
+    demographics: the reader's demographic rows, unchanged.
+    """
+
+    code_events: pa.Table
+    tokens: pa.Table
+    demographics: pa.Table
     counts: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+
+
+TOKEN = "_token"                 # internal columns (not part of any on-disk contract)
+TOKEN_STRING = "_token_string"
+KIND_TOKEN_PREFIX = {KIND_DX: DX_PREFIX, KIND_PX: PX_PREFIX, KIND_CPT: CPT_PREFIX}
 
 
 def _normalize(codes: pa.Array) -> pa.Array:
@@ -99,37 +111,138 @@ def _normalize(codes: pa.Array) -> pa.Array:
     return pc.replace_substring(pc.utf8_upper(pc.utf8_trim_whitespace(codes)), ".", "")
 
 
-def _matches(codes: pa.Array, pattern: str) -> np.ndarray:
-    return pc.fill_null(pc.match_substring_regex(codes, pattern), False).to_numpy(zero_copy_only=False)
+@dataclass
+class _KeyResult:
+    """What harmonization decides for one distinct (code, system) of one kind."""
+
+    targets: tuple[str, ...] = ()
+    reason: str | None = None        # drop reason when no target
+    icd9: bool = False
+    approximate: bool = False
+    alternatives: bool = False
 
 
-def _map_icd9(codes: pa.Array, gem: Gem) -> tuple[np.ndarray, pa.Array, np.ndarray, dict[str, int]]:
-    """Expand each ICD-9 row to its policy targets. Returns (source row per output row, target codes,
-    per-input-row status 0 mapped / 1 no_map / 2 not in GEM, counts)."""
-    unique = pc.unique(codes)
-    entries = [gem.entries.get(code) for code in unique.to_pylist()]
-    n_targets = np.array([len(e.targets) if e else 0 for e in entries], np.int64)
-    status_u = np.array([2 if e is None else (1 if e.no_map else 0) for e in entries], np.int8)
-    approx_u = np.array([bool(e and e.approximate) for e in entries])
-    alternatives_u = np.array([bool(e and e.alternatives_dropped) for e in entries])
-    flat = pa.array([t for e in entries if e for t in e.targets], pa.string())
-    starts_u = np.concatenate([[0], np.cumsum(n_targets)[:-1]]) if len(n_targets) else n_targets
-    index = pc.index_in(codes, value_set=unique).to_numpy(zero_copy_only=False).astype(np.int64)
-    per_row = n_targets[index]
-    rows = np.repeat(np.arange(len(codes)), per_row)
-    within = np.arange(per_row.sum()) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-    targets = flat.take(pa.array(np.repeat(starts_u[index], per_row) + within))
-    status = status_u[index]
-    mapped = status == 0
-    counts = {
-        "mapped": int(mapped.sum()),
-        "mapped_approximate": int((mapped & approx_u[index]).sum()),
-        "mapped_exact": int((mapped & ~approx_u[index]).sum()),
-        "one_to_many_combination": int((mapped & (per_row > 1)).sum()),
-        "alternatives_resolved": int((mapped & alternatives_u[index]).sum()),
-        "targets_emitted": int(per_row.sum()),
-    }
-    return rows, targets, status, counts
+def _resolve_key(kind: str, code: str, system: str, settings: HarmonizationSettings, gem: Gem | None,
+                 categories: frozenset) -> _KeyResult:
+    """The policy for one distinct code (run once per distinct code, never per row)."""
+    if not code:
+        return _KeyResult(reason=f"{kind}_missing_code")
+    if kind == KIND_CPT:
+        return _KeyResult((code,)) if re.fullmatch(CPT_FORMAT[1:-1], code) else _KeyResult(
+            reason="cpt_invalid_format")
+    if system == SYSTEM_ICD9:
+        entry = gem.entries.get(code)
+        if entry is None:
+            return _KeyResult(reason=f"{kind}_icd9_not_in_gem", icd9=True)
+        if entry.no_map:
+            return _KeyResult(reason=f"{kind}_icd9_no_map", icd9=True)
+        full, result = entry.targets, _KeyResult(icd9=True, approximate=entry.approximate,
+                                                 alternatives=entry.alternatives_dropped > 0)
+    elif system == SYSTEM_ICD10:
+        full, result = (code,), _KeyResult()
+    else:
+        return _KeyResult(reason=f"{kind}_unsupported_system")
+    pattern = ICD10CM_FORMAT if kind == KIND_DX else ICD10PCS_FORMAT
+    if not all(re.fullmatch(pattern[1:-1], t) for t in full):
+        result.reason = f"{kind}_icd10_invalid_format"
+        return result
+    if kind == KIND_DX and not all(t[:3] in categories for t in full):
+        result.reason = "dx_icd10_unknown_category"
+        return result
+    length = settings.dx_prefix_len if kind == KIND_DX else settings.px_prefix_len
+    result.targets = tuple(dict.fromkeys(t[:length] for t in full))
+    return result
+
+
+def _harmonize_kind(rows: np.ndarray, codes: pa.Array, systems: np.ndarray, kind: str,
+                    settings: HarmonizationSettings, token_ids: dict[tuple[str, str], int],
+                    counts: dict, dropped: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical tokens for the rows of one kind: (source row per output row, token id per output row).
+
+    Rows are grouped by distinct (code, system) key first, so the policy runs once per key; per-row work is
+    integer numpy (np.repeat for one-to-many expansion)."""
+    encoded = pc.dictionary_encode(codes)
+    dictionary = _normalize(encoded.dictionary).to_pylist()
+    code_index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    n_systems = len(CODE_SYSTEMS)
+    # +1 so that a missing code (index -1) is key 0; keys are small and dense, so counting beats hashing
+    dense_keys, inverse = dense_codes(np.where(code_index >= 0, code_index * n_systems + systems + 1, 0))
+    unique_keys = dense_keys - 1
+    rows_per_key = np.bincount(inverse, minlength=len(unique_keys))
+    gem = None
+    if kind == KIND_DX:
+        gem = load_dx_gem(settings.dx_gem_path)
+    elif kind == KIND_PX:
+        gem = load_px_gem(settings.px_gem_path)
+    categories = icd10cm_categories()[0] if kind == KIND_DX else frozenset()
+    results = [_resolve_key(kind, dictionary[k // n_systems] if k >= 0 else "", CODE_SYSTEMS[k % n_systems]
+                            if k >= 0 else "", settings, gem, categories) for k in unique_keys.tolist()]
+    n_targets = np.array([len(r.targets) for r in results], np.int64)
+    flat = [token_ids.setdefault((kind, t), len(token_ids)) for r in results for t in r.targets]
+    starts = np.concatenate([[0], np.cumsum(n_targets)[:-1]]).astype(np.int64)
+
+    for result, n in zip(results, rows_per_key.tolist()):
+        if result.reason:
+            dropped[result.reason] = dropped.get(result.reason, 0) + n
+    icd9 = np.array([r.icd9 for r in results], bool)
+    mapped = np.array([r.icd9 and not r.reason for r in results], bool)
+    approx = np.array([r.approximate for r in results], bool)
+    alternatives = np.array([r.alternatives for r in results], bool)
+    if kind in (KIND_DX, KIND_PX):
+        counts[f"{kind}_icd9_rows"] = int(rows_per_key[icd9].sum())
+        counts[f"{kind}_icd10_rows"] = int(rows_per_key[np.array(
+            [k >= 0 and k % n_systems == CODE_SYSTEMS.index(SYSTEM_ICD10) for k in unique_keys.tolist()], bool)].sum())
+        counts[f"{kind}_icd9_mapped"] = int(rows_per_key[mapped].sum())
+        counts[f"{kind}_icd9_mapped_approximate"] = int(rows_per_key[mapped & approx].sum())
+        counts[f"{kind}_icd9_mapped_exact"] = int(rows_per_key[mapped & ~approx].sum())
+        counts[f"{kind}_icd9_one_to_many_combination"] = int(rows_per_key[mapped & (n_targets > 1)].sum())
+        counts[f"{kind}_icd9_alternatives_resolved"] = int(rows_per_key[mapped & alternatives].sum())
+        counts[f"{kind}_icd9_targets_emitted"] = int((rows_per_key * n_targets)[mapped].sum())
+    else:
+        counts[f"{kind}_rows"] = int(len(rows))
+
+    per_row = n_targets[inverse]
+    out_rows = np.repeat(rows, per_row)
+    within = np.arange(len(out_rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    flat_array = np.array(flat, np.int32) if flat else np.zeros(0, np.int32)
+    out_tokens = flat_array[np.repeat(starts[inverse], per_row) + within]
+    return out_rows, out_tokens
+
+
+def harmonize(events: pa.Table, settings: HarmonizationSettings) -> HarmonizedEvents:
+    """Canonical tokens for every code event; demographic rows pass through unchanged."""
+    kinds = dictionary_codes(events[KIND])
+    systems = dictionary_codes(events[SYSTEM])
+    counts: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    token_ids: dict[tuple[str, str], int] = {}
+    all_rows, all_tokens = [], []
+    for kind_index, kind in enumerate(EVENT_KINDS):
+        rows = np.flatnonzero(kinds == kind_index)
+        counts[f"{kind}_rows_read"] = len(rows)
+        if kind == KIND_DEMOGRAPHIC:
+            demographics = events.take(pa.array(rows))
+            continue
+        if not len(rows):
+            continue
+        out_rows, out_tokens = _harmonize_kind(rows, events[CODE].combine_chunks().take(pa.array(rows)),
+                                               systems[rows], kind, settings, token_ids, counts, dropped)
+        all_rows.append(out_rows)
+        all_tokens.append(out_tokens)
+    rows = np.concatenate(all_rows) if all_rows else np.zeros(0, np.int64)
+    code_events = events.select([SUBJECT_ID, VISIT_ID, TIME, KIND, SEQ_NUM]).take(pa.array(rows))
+    code_events = code_events.append_column(ORDER, pa.array(rows.astype(np.int64)))
+    code_events = code_events.append_column(
+        TOKEN, pa.array(np.concatenate(all_tokens) if all_tokens else np.zeros(0, np.int32), pa.int32()))
+    names = sorted(token_ids, key=token_ids.get)
+    tokens = pa.table({
+        TOKEN_STRING: pa.array([KIND_TOKEN_PREFIX[k] + c for k, c in names], pa.string()),
+        CODE: pa.array([c for _, c in names], pa.string()),
+        KIND: pa.DictionaryArray.from_arrays(pa.array([EVENT_KINDS.index(k) for k, _ in names], pa.int8()),
+                                             KIND_DICT),
+    })
+    counts["dx_icd9_share"] = counts.get("dx_icd9_rows", 0) / max(1, counts[f"{KIND_DX}_rows_read"])
+    return HarmonizedEvents(code_events, tokens, demographics, counts, {k: v for k, v in dropped.items() if v})
 
 
 @lru_cache(maxsize=1)
@@ -148,90 +261,3 @@ def icd10cm_categories() -> tuple[frozenset, dict]:
     source = {"package": CATEGORY_PACKAGE, "version": metadata.version(CATEGORY_PACKAGE),
               "file": "/".join(CATEGORY_RESOURCE), "sha256": hashlib.sha256(data).hexdigest()}
     return categories, source
-
-
-def _known_categories(categories: pa.Array) -> np.ndarray:
-    """Whether each ICD-10-CM category exists (checked once per unique category)."""
-    known = icd10cm_categories()[0]
-    unique = pc.unique(categories)
-    known_u = np.array([c in known for c in unique.to_pylist()], bool)
-    return known_u[pc.index_in(categories, value_set=unique).to_numpy(zero_copy_only=False)]
-
-
-def _harmonize_kind(table: pa.Table, kind: str, settings: HarmonizationSettings, counts: dict, dropped: dict
-                    ) -> pa.Table:
-    """Map one kind (dx / px / cpt) to canonical codes; returns rows with system icd10 or cpt."""
-    codes = _normalize(table[CODE].combine_chunks())
-    present = _matches(codes, r"^.+$")
-    dropped[f"{kind}_missing_code"] = int((~present).sum())
-    system = dictionary_codes(table[SYSTEM])
-    icd9_index, icd10_index = CODE_SYSTEMS.index(SYSTEM_ICD9), CODE_SYSTEMS.index(SYSTEM_ICD10)
-    parts: list[tuple[np.ndarray, pa.Array]] = []   # (source rows, canonical codes)
-
-    if kind == KIND_CPT:
-        valid = present & _matches(codes, CPT_FORMAT)
-        dropped["cpt_invalid_format"] = int((present & ~valid).sum())
-        rows = np.flatnonzero(valid)
-        parts.append((rows, codes.take(pa.array(rows))))
-        counts["cpt_rows"] = int(present.sum())
-        return _assemble(table, parts, SYSTEM_CPT)
-
-    prefix_len = settings.dx_prefix_len if kind == KIND_DX else settings.px_prefix_len
-    gem = load_dx_gem(settings.dx_gem_path) if kind == KIND_DX else load_px_gem(settings.px_gem_path)
-    other = present & (system != icd9_index) & (system != icd10_index)
-    dropped[f"{kind}_unsupported_system"] = int(other.sum())
-
-    icd9_rows = np.flatnonzero(present & (system == icd9_index))
-    counts[f"{kind}_icd9_rows"] = len(icd9_rows)
-    if len(icd9_rows):
-        rows, targets, status, mapped_counts = _map_icd9(codes.take(pa.array(icd9_rows)), gem)
-        for name, value in mapped_counts.items():
-            counts[f"{kind}_icd9_{name}"] = value
-        dropped[f"{kind}_icd9_no_map"] = int((status == 1).sum())
-        dropped[f"{kind}_icd9_not_in_gem"] = int((status == 2).sum())
-        parts.append((icd9_rows[rows], targets))
-
-    icd10_rows = np.flatnonzero(present & (system == icd10_index))
-    counts[f"{kind}_icd10_rows"] = len(icd10_rows)
-    parts.append((icd10_rows, codes.take(pa.array(icd10_rows))))
-
-    rows = np.concatenate([p[0] for p in parts])
-    full = pa.concat_arrays([p[1] for p in parts]) if parts else pa.array([], pa.string())
-    valid = _matches(full, ICD10CM_FORMAT if kind == KIND_DX else ICD10PCS_FORMAT)
-    dropped[f"{kind}_icd10_invalid_format"] = int((~valid).sum())
-    rows, full = rows[valid], full.filter(pa.array(valid))
-    canonical = pc.utf8_slice_codeunits(full, 0, prefix_len)
-    if kind == KIND_DX:
-        known = _known_categories(pc.utf8_slice_codeunits(full, 0, 3))
-        dropped["dx_icd10_unknown_category"] = int((~known).sum())
-        rows, canonical = rows[known], canonical.filter(pa.array(known))
-    return _assemble(table, [(rows, canonical)], SYSTEM_ICD10)
-
-
-def _assemble(table: pa.Table, parts: list[tuple[np.ndarray, pa.Array]], system: str) -> pa.Table:
-    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    codes = pa.concat_arrays([p[1] for p in parts]) if parts else pa.array([], pa.string())
-    # keep source order (stable), so the recorded order and the target order of combinations survive
-    order = np.argsort(rows, kind="stable")
-    out = table.take(pa.array(rows[order]))
-    system_array = pa.DictionaryArray.from_arrays(
-        pa.array(np.full(len(out), CODE_SYSTEMS.index(system), np.int8)), SYSTEM_DICT)
-    out = out.set_column(out.schema.get_field_index(SYSTEM), SYSTEM, system_array)
-    return out.set_column(out.schema.get_field_index(CODE), CODE, codes.take(pa.array(order)))
-
-
-def harmonize(events: pa.Table, settings: HarmonizationSettings) -> HarmonizedEvents:
-    """Canonical codes for every code event; demographic rows pass through unchanged."""
-    events = events.append_column(ORDER, pa.array(np.arange(events.num_rows, dtype=np.int64)))
-    kinds = dictionary_codes(events[KIND])
-    counts: dict[str, int] = {}
-    dropped: dict[str, int] = {}
-    parts = []
-    for kind_index, kind in enumerate(EVENT_KINDS):
-        subset = events.filter(pa.array(kinds == kind_index))
-        counts[f"{kind}_rows_read"] = subset.num_rows
-        if kind in (KIND_DX, KIND_PX, KIND_CPT):
-            subset = _harmonize_kind(subset, kind, settings, counts, dropped)
-        parts.append(subset)
-    counts["dx_icd9_share"] = counts.get("dx_icd9_rows", 0) / max(1, counts[f"{KIND_DX}_rows_read"])
-    return HarmonizedEvents(pa.concat_tables(parts), counts, {k: v for k, v in dropped.items() if v})

@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sparseehr.data_pipeline.harmonize import ORDER
+from sparseehr.data_pipeline.arrays import distinct, first_occurrences
+from sparseehr.data_pipeline.harmonize import ORDER, TOKEN, TOKEN_STRING, HarmonizedEvents
 from sparseehr.data_pipeline.readers.common import dictionary_codes
 from sparseehr.data_pipeline.schema import (
-    AGE_PREFIX, CODE, CODE_SYSTEMS, COL_VISIT_DX_CODES, COL_VISIT_TIMES, CPT_PREFIX, DX_PREFIX, EVENT_KINDS, GAP_PREFIX,
-    KIND, KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX, PX_PREFIX, REGION_PREFIX, SEQ_NUM, SEX_PREFIX, SUBJECT_ID,
+    AGE_PREFIX, CODE, CODE_SYSTEMS, COL_VISIT_DX_CODES, COL_VISIT_TIMES, EVENT_KINDS, GAP_PREFIX,
+    KIND, KIND_DX, REGION_PREFIX, SEQ_NUM, SEX_PREFIX, SUBJECT_ID,
     SYSTEM, SYSTEM_BIRTH, SYSTEM_REGION, SYSTEM_SEX, TIME, UNK_VALUE, VISIT_ID,
 )
 
@@ -37,7 +38,6 @@ AGE_TOKENS = tuple(f"{AGE_PREFIX}{a}-{a + AGE_BUCKET_YEARS - 1}" for a in range(
     f"{AGE_PREFIX}{AGE_TOP}+", AGE_PREFIX + UNK_VALUE)
 SEX_VALUES = ("F", "M")
 SEX_TOKENS = tuple(SEX_PREFIX + s for s in SEX_VALUES) + (SEX_PREFIX + UNK_VALUE,)
-KIND_TOKEN_PREFIX = {KIND_DX: DX_PREFIX, KIND_PX: PX_PREFIX, KIND_CPT: CPT_PREFIX}
 
 COL_PREFIX_TOKENS = "prefix_tokens"  # staging columns (strings), consumed by tokenize.py
 COL_VISIT_TOKENS = "visit_tokens"
@@ -73,7 +73,8 @@ class Timelines:
 
     table: pa.Table                 # subject_id, prefix_tokens, visit_times, visit_tokens, visit_dx_codes
     event_patient: np.ndarray       # patient row of each kept code event
-    event_token: pa.Array           # its token string (e.g. DX:E11)
+    event_token: np.ndarray         # its token id, a row of token_strings
+    token_strings: pa.Array         # distinct token strings (e.g. DX:E11)
     region_tokens: pa.Array         # per patient REGION token or null
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -92,64 +93,63 @@ def _first_per_patient(subjects: np.ndarray, rows: np.ndarray, patient_ids: np.n
     return first, first >= 0
 
 
-def build_timelines(events: pa.Table, visits: pa.Table) -> Timelines:
+def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines:
     """Group harmonized events into per-patient timelines (patients without any visit are left out)."""
     counts: dict[str, int] = {}
     visits = visits.sort_by([(SUBJECT_ID, "ascending"), (TIME, "ascending"), (VISIT_ID, "ascending")])
     visit_subject = visits[SUBJECT_ID].to_numpy()
     visit_time_us = visits[TIME].cast(pa.int64()).to_numpy()
-    patient_ids, patient_first_visit, visits_per_patient = np.unique(visit_subject, return_index=True,
-                                                                     return_counts=True)
+    # visits are sorted by subject, so each patient is one run of equal subject ids
+    run_start = np.flatnonzero(np.concatenate([[True], visit_subject[1:] != visit_subject[:-1]])) \
+        if len(visit_subject) else np.zeros(0, np.int64)
+    patient_ids, patient_first_visit = visit_subject[run_start], run_start
+    visits_per_patient = np.diff(np.concatenate([run_start, [len(visit_subject)]]))
     n_patients, n_visits = len(patient_ids), visits.num_rows
     counts.update(patients=n_patients, visits=n_visits,
                   consecutive_visit_pairs=int(n_visits - n_patients))
     patient_visit_offsets = np.concatenate([[0], np.cumsum(visits_per_patient)]).astype(np.int32)
 
     # ---- code events -> visit index (composite dense key: subject rank, visit-id rank) ----
-    kinds = dictionary_codes(events[KIND])
-    code_rows = np.flatnonzero(kinds != EVENT_KINDS.index(KIND_DEMOGRAPHIC))
-    code_events = events.take(pa.array(code_rows))
-    visit_ids_sorted = np.unique(visits[VISIT_ID].to_numpy())
+    code_events = harmonized.code_events
+    visit_ids_sorted = distinct(visits[VISIT_ID].to_numpy())
     visit_key = (np.searchsorted(patient_ids, visit_subject) * len(visit_ids_sorted)
-                 + np.searchsorted(visit_ids_sorted, visits[VISIT_ID].to_numpy()))  # sorted? not needed: argsort
+                 + np.searchsorted(visit_ids_sorted, visits[VISIT_ID].to_numpy()))
     key_order = np.argsort(visit_key, kind="stable")
     subj_rank, subj_found = _dense_rank(patient_ids, code_events[SUBJECT_ID].to_numpy())
     vid_rank, vid_found = _dense_rank(visit_ids_sorted, code_events[VISIT_ID].to_numpy(zero_copy_only=False))
     event_key = subj_rank * len(visit_ids_sorted) + vid_rank
     position = np.minimum(np.searchsorted(visit_key[key_order], event_key), max(n_visits - 1, 0))
-    in_visit = subj_found & vid_found & (visit_key[key_order][position] == event_key)
+    in_visit = subj_found & vid_found & (visit_key[key_order][position] == event_key) if n_visits else \
+        np.zeros(code_events.num_rows, bool)
     counts["code_events_without_visit"] = int((~in_visit).sum())
     event_visit = key_order[position][in_visit]
     code_events = code_events.filter(pa.array(in_visit))
 
     # ---- order within visit: kind (dx, px, cpt), event time, seq_num, source order; then de-duplicate ----
     event_kind = dictionary_codes(code_events[KIND])
-    seq = code_events[SEQ_NUM].to_numpy(zero_copy_only=False)
-    seq = np.where(np.isnan(seq.astype(np.float64)), np.iinfo(np.int32).max, seq).astype(np.int64) \
-        if code_events[SEQ_NUM].null_count else seq.astype(np.int64)
+    seq_column = code_events[SEQ_NUM]
+    seq = pc.fill_null(seq_column, np.iinfo(np.int32).max).to_numpy(zero_copy_only=False).astype(np.int64)
     event_time = pc.fill_null(code_events[TIME].cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
     order = np.lexsort((code_events[ORDER].to_numpy(), seq, event_time, event_kind, event_visit))
-    prefixes = pa.array([KIND_TOKEN_PREFIX.get(k, "") for k in EVENT_KINDS])
-    tokens = pc.binary_join_element_wise(prefixes.take(pa.array(event_kind[order])),
-                                         code_events[CODE].combine_chunks().take(pa.array(order)), "")
+    token_id = code_events[TOKEN].to_numpy()[order].astype(np.int64)
     event_visit, event_kind = event_visit[order], event_kind[order]
-    encoded = pc.dictionary_encode(tokens)
-    token_id = encoded.indices.to_numpy().astype(np.int64)
-    _, first = np.unique(event_visit * len(encoded.dictionary) + token_id, return_index=True)
-    keep = np.sort(first)
+    n_tokens = max(harmonized.tokens.num_rows, 1)
+    keep = first_occurrences(event_visit * n_tokens + token_id)
     counts["duplicate_codes_in_visit_collapsed"] = int(len(order) - len(keep))
-    tokens, event_visit, event_kind = tokens.take(pa.array(keep)), event_visit[keep], event_kind[keep]
-    codes = code_events[CODE].combine_chunks().take(pa.array(order[keep]))
+    token_id, event_visit, event_kind = token_id[keep], event_visit[keep], event_kind[keep]
+    token_strings = harmonized.tokens[TOKEN_STRING].combine_chunks()
+    tokens = token_strings.take(pa.array(token_id))
 
     visit_token_offsets = np.concatenate([[0], np.cumsum(np.bincount(event_visit, minlength=n_visits))])
     visit_tokens = pa.ListArray.from_arrays(pa.array(visit_token_offsets.astype(np.int32)), tokens)
     is_dx = event_kind == EVENT_KINDS.index(KIND_DX)
     dx_offsets = np.concatenate([[0], np.cumsum(np.bincount(event_visit[is_dx], minlength=n_visits))])
-    visit_dx = pa.ListArray.from_arrays(pa.array(dx_offsets.astype(np.int32)), codes.filter(pa.array(is_dx)))
+    dx_codes = harmonized.tokens[CODE].combine_chunks().take(pa.array(token_id[is_dx]))
+    visit_dx = pa.ListArray.from_arrays(pa.array(dx_offsets.astype(np.int32)), dx_codes)
     pvo = pa.array(patient_visit_offsets)
 
     # ---- demographics prefix ----
-    demo = events.filter(pa.array(kinds == EVENT_KINDS.index(KIND_DEMOGRAPHIC)))
+    demo = harmonized.demographics
     systems = dictionary_codes(demo[SYSTEM])
     demo_subject = demo[SUBJECT_ID].to_numpy()
     rows = np.arange(demo.num_rows)
@@ -198,5 +198,5 @@ def build_timelines(events: pa.Table, visits: pa.Table) -> Timelines:
     })
     event_patient = np.searchsorted(patient_visit_offsets, event_visit, side="right") - 1
     counts.update(age_unknown=int((~np.isfinite(age)).sum()), sex_unknown=int((~sex_known).sum()),
-                  patients_with_region=int(has_region.sum()), code_tokens=len(tokens))
-    return Timelines(table, event_patient, tokens, region_token.cast(pa.string()), counts)
+                  patients_with_region=int(has_region.sum()), code_tokens=len(token_id))
+    return Timelines(table, event_patient, token_id, token_strings, region_token.cast(pa.string()), counts)

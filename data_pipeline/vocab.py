@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparseehr.data_pipeline.arrays import distinct
 from sparseehr.data_pipeline.schema import (
     BOS_TOKEN, CPT_PREFIX, CPT_UNK_TOKEN, DX_PREFIX, DX_UNK_TOKEN, EOR_TOKEN, PAD_TOKEN, PX_PREFIX, PX_UNK_TOKEN,
     REGION_PREFIX, SPECIAL_TOKENS, UNK_TOKEN, UNK_VALUE, VISIT_CLOSE_TOKEN, VISIT_OPEN_TOKEN,
@@ -97,33 +98,37 @@ def build_tokenizer(tokens: list[str], model_max_length: int):
                                    eos_token=EOR_TOKEN, unk_token=UNK_TOKEN, model_max_length=model_max_length)
 
 
-def build_vocabulary(event_patient: np.ndarray, event_token: pa.Array, region_tokens: pa.Array,
-                     train_patient: np.ndarray, settings: VocabSettings) -> tuple[Vocabulary, dict[str, int]]:
+def build_vocabulary(event_patient: np.ndarray, event_token: np.ndarray, token_strings: pa.Array,
+                     region_tokens: pa.Array, train_patient: np.ndarray, settings: VocabSettings
+                     ) -> tuple[Vocabulary, dict[str, int]]:
     """Structural tokens, then REGION tokens, then code tokens (by training count, descending; ties by name),
-    keeping only tokens above both floors in the training split."""
-    in_train = train_patient[event_patient]
-    train_tokens = event_token.filter(pa.array(in_train))
-    region_train = region_tokens.filter(pa.array(train_patient & pc.is_valid(region_tokens).to_numpy(
-        zero_copy_only=False)))
-    candidates: list[tuple[int, str]] = []  # (group, token) with group 0 = region, 1 = codes
-    kept_by_group: list[list[tuple[int, str]]] = [[], []]
+    keeping only tokens above both floors in the TRAINING split.
+
+    event_patient / event_token: patient row and token id (row of token_strings) of every code event;
+    region_tokens: per patient REGION token or null; train_patient: per patient, whether it is in train.
+    """
     stats = {"candidate_tokens": 0, "below_floor": 0}
-    for group, (tokens, patients) in enumerate(((region_train, np.flatnonzero(train_patient & pc.is_valid(
-            region_tokens).to_numpy(zero_copy_only=False))), (train_tokens, event_patient[in_train]))):
-        if len(tokens) == 0:
-            continue
-        encoded = pc.dictionary_encode(tokens)
-        token_id = encoded.indices.to_numpy().astype(np.int64)
-        n_tokens = len(encoded.dictionary)
+    kept: list[list[str]] = []
+    has_region = pc.is_valid(region_tokens).to_numpy(zero_copy_only=False)
+    region_patients = np.flatnonzero(train_patient & has_region)
+    region_encoded = pc.dictionary_encode(region_tokens.take(pa.array(region_patients)))
+    in_train = train_patient[event_patient]
+    groups = (
+        (region_patients, region_encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+         region_encoded.dictionary),
+        (event_patient[in_train], event_token[in_train].astype(np.int64), token_strings),
+    )
+    for patients, token_id, names in groups:
+        n_tokens = len(names)
         occurrences = np.bincount(token_id, minlength=n_tokens)
-        pairs = np.unique(patients.astype(np.int64) * n_tokens + token_id)
-        distinct_patients = np.bincount(pairs % n_tokens, minlength=n_tokens)
+        distinct_patients = np.bincount(distinct(patients.astype(np.int64) * n_tokens + token_id) % n_tokens,
+                                        minlength=n_tokens) if n_tokens else occurrences
         ok = (occurrences >= settings.min_count) & (distinct_patients >= settings.min_patients)
-        stats["candidate_tokens"] += n_tokens
-        stats["below_floor"] += int((~ok).sum())
-        names = encoded.dictionary.to_pylist()
-        kept_by_group[group] = sorted(((-int(occurrences[i]), names[i]) for i in np.flatnonzero(ok)))
-    del candidates
-    tokens = list(STRUCTURAL_TOKENS) + [name for _, name in kept_by_group[0]] + [name for _, name in kept_by_group[1]]
+        seen = occurrences > 0
+        stats["candidate_tokens"] += int(seen.sum())
+        stats["below_floor"] += int((seen & ~ok).sum())
+        name_list = names.to_pylist()
+        kept.append([name for _, name in sorted((-int(occurrences[i]), name_list[i]) for i in np.flatnonzero(ok))])
+    tokens = list(STRUCTURAL_TOKENS) + kept[0] + kept[1]
     stats["vocab_size"] = len(tokens)
     return Vocabulary(tokens), stats
