@@ -359,7 +359,8 @@ class SparseEHRModel(SparseEHRPreTrainedModel):
     ) -> SparseEHRModelOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("SparseEHRModel.forward: pass exactly one of input_ids or inputs_embeds")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # a training step never reads its cache back: do not build one by default
+            use_cache = self.config.use_cache and not self.training
         output_router_logits = (self.config.output_router_logits if output_router_logits is None
                                 else output_router_logits)
         if inputs_embeds is None:
