@@ -25,6 +25,13 @@ SCRIPT = textwrap.dedent(r'''
     torch.set_num_threads(1)
     out_dir, mode = sys.argv[1], sys.argv[2]
     deepspeed.init_distributed(dist_backend="gloo")
+    negative_control = mode == "expert-named"
+    if negative_control:
+        # Negative control: move the DeepSpeed MoE module to an attribute whose name contains "expert", so that
+        # every key under it (the PR-MoE residual MLP and coefficient) has "expert" in its full path.
+        mode = "residual"
+        from sparseehr.model.modeling_sparseehr import SparseEHRMoeBlock
+        SparseEHRMoeBlock.moe = property(lambda self: self._modules.get("experts_moe") or self._modules["moe"])
     cfg = get_preset("tiny", num_hidden_layers=3, shared_expert_mode=mode,
                      shared_expert_gate=(mode == "additive"))
     ds_config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
@@ -33,6 +40,9 @@ SCRIPT = textwrap.dedent(r'''
     def engine_for(seed):
         torch.manual_seed(seed)
         model = SparseEHRForCausalLM(cfg)
+        if negative_control:
+            for layer in model.model.layers[1:]:
+                layer.mlp._modules["experts_moe"] = layer.mlp._modules.pop("moe")
         groups = split_params_into_different_moe_groups_for_optimizer(
             {"params": list(model.parameters()), "name": "parameters"})
         optimizer = torch.optim.AdamW(groups, lr=1e-2)
@@ -51,7 +61,9 @@ SCRIPT = textwrap.dedent(r'''
     expected = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
 
     restored = engine_for(1)  # different seed: every weight differs until loaded
-    restored.load_checkpoint(out_dir, tag="step1")
+    # The save is silent; DeepSpeed 0.19's strict load would refuse the negative control's checkpoint, so that
+    # one loads non-strictly to measure exactly which weights were lost.
+    restored.load_checkpoint(out_dir, tag="step1", load_module_strict=not negative_control)
     restored.eval()
     with torch.no_grad():
         logits = restored(ids).logits
@@ -105,3 +117,17 @@ def test_deepspeed_checkpoint_round_trip_keeps_every_weight(tmp_path, mode):
             assert {prefix + "moe.mlp.down_proj.weight", prefix + "moe.coefficient.weight"} <= main_keys
     non_expert = {k for k in report["all_keys"] if "deepspeed_experts" not in k}
     assert non_expert <= main_keys
+
+
+@pytest.mark.slow
+def test_checkpoint_test_detects_expert_named_paths(tmp_path):
+    # Negative control: the same round trip with the MoE module under an attribute containing "expert" silently
+    # loses the PR-MoE residual MLP and coefficient (bite 1), so the test above would catch a regression in our
+    # attribute names.
+    report = run_checkpoint_round_trip(tmp_path, "expert-named")
+    lost = {f"model.layers.{layer}.mlp.experts_moe.{name}" for layer in (1, 2)
+            for name in ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+                         "coefficient.weight", "coefficient.bias")}
+    assert set(report["mismatched"]) == lost
+    assert not lost & set(report["main_keys"])
+    assert report["max_logit_diff"] > 0
