@@ -59,6 +59,16 @@ def set_cpu_threads() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local_ranks, 1)))
 
 
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def load_model_config(cfg: TrainConfig, tokenizer, resume_tag: str | None):
     from sparseehr.model import SparseEHRConfig
     from sparseehr.model.presets import get_preset
@@ -107,11 +117,7 @@ def complete_tied_weights(state: dict[str, torch.Tensor], model_config) -> dict[
 
 
 def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
-    try:
-        from sparseehr.model.accounting import flops_per_token
-    except ImportError:  # TEMPORARY until model/accounting.py lands
-        def flops_per_token(*args, **kwargs):
-            return 0.0
+    from sparseehr.model.accounting import flops_per_token
 
     rank, world = init_distributed()
     set_cpu_threads()
@@ -154,6 +160,9 @@ def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
         init_weights = complete_tied_weights(load_init_weights(cfg.init_from), model_config)
     model = build_model(model_config, ep_size, ep_rank, init_weights, cfg.seed)
     engine = initialize_engine(model, cfg, ds_config, total_steps)
+    # Training randomness (DeepSpeed's random token selection, router noise) starts from a per-rank stream that
+    # does not depend on how much initialisation consumed, so runs at different ep sizes draw the same numbers.
+    seed_everything(cfg.seed + rank)
 
     state: dict[str, Any] = {"step": 0, "tokens_seen": 0}
     ctx = RunContext(cfg, rank, world, ep_size, seq_len, tokenizer.pad_token_id, total_steps, model_config, engine,

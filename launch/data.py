@@ -25,23 +25,15 @@ IGNORE_INDEX = -100
 
 def load_windows_split(data_dir: str | Path, split: str):
     """DATA_DIR/windows/<split> as a datasets.Dataset (through DATA's helper)."""
-    try:
-        from sparseehr.data_pipeline.datadir import load_windows
-    except ImportError:  # TEMPORARY until data_pipeline/datadir.py lands: read the on-disk contract directly
-        import datasets
+    from sparseehr.data_pipeline.datadir import load_windows
 
-        return datasets.load_from_disk(str(Path(data_dir) / schema.DATA_WINDOWS_DIR))[split]
     return load_windows(str(data_dir), split)
 
 
 def load_data_tokenizer(data_dir: str | Path):
     """DATA_DIR/tokenizer as a PreTrainedTokenizerFast (through DATA's helper)."""
-    try:
-        from sparseehr.data_pipeline.datadir import load_tokenizer
-    except ImportError:  # TEMPORARY, as above
-        from transformers import AutoTokenizer
+    from sparseehr.data_pipeline.datadir import load_tokenizer
 
-        return AutoTokenizer.from_pretrained(str(Path(data_dir) / schema.DATA_TOKENIZER_DIR))
     return load_tokenizer(str(data_dir))
 
 

@@ -101,6 +101,7 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
         record = {"step": state["step"], "val_loss": val_loss, "val_ppl": val_ppl, "eval_only": True}
         if ctx.rank == 0:
             print(f"[sparseehr] eval-only: val_loss={val_loss:.6f} val_ppl={val_ppl:.4f}", flush=True)
+            Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
             MetricsWriter(cfg.out_dir, True, 0, 0).write(record)
         return record
 
@@ -141,6 +142,7 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
             if val_batches and ((cfg.eval_interval and step % cfg.eval_interval == 0) or is_last):
                 record["val_loss"], record["val_ppl"] = evaluate(engine, val_batches)
             if step % cfg.log_interval == 0 or is_last or "val_loss" in record:
+                record["peak_rss_mb"] = peak_rss_mb()  # collective: every rank reaches this line on the same steps
                 writer.write(record)
             writer.advance()
             preempted = summary[4].item() > 0
@@ -158,6 +160,17 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
         preemption.uninstall()
         writer.close()
     return record
+
+
+def peak_rss_mb() -> float:
+    """Largest peak resident memory of any rank so far, in MiB (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    import deepspeed.comm as dist
+
+    peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return float(peak.item())
 
 
 def save(engine, cfg: TrainConfig, ctx: RunContext, state: dict[str, Any], loader) -> str:

@@ -23,7 +23,9 @@ GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "
 
 def measured_matmul_tflops(size: int = 512, seconds: float = 0.3) -> float:
     """Sustained fp32 matmul throughput of this process's threads (a CPU stand-in for a datasheet peak)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    # A private generator: drawing from the global one would shift a resumed run's random stream.
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
     torch.mm(a, b)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
