@@ -122,3 +122,13 @@ def test_save_pretrained_refuses_expert_parallel_models(tmp_path):
     with pytest.raises(ValueError, match="expert_parallel_size=1"):
         model.save_pretrained(tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("module_name", ["configuration_sparseehr", "presets", "accounting"])
+def test_docstring_examples(module_name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"sparseehr.model.{module_name}")
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
