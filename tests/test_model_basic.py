@@ -30,6 +30,9 @@ def test_tiny_shapes_and_outputs():
     assert abs(out.lm_loss.item() - torch.log(torch.tensor(float(cfg.vocab_size))).item()) < 0.5
     # layer 0 dense, layers 1-2 MoE
     assert not model.model.layers[0].is_moe and model.model.layers[1].is_moe and model.model.layers[2].is_moe
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tie_word_embeddings=True in every preset
+    untied = SparseEHRForCausalLM(get_preset("tiny", tie_word_embeddings=False))
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
     base_out = SparseEHRModel(cfg)(ids)
     assert base_out.last_hidden_state.shape == (2, 7, cfg.hidden_size)
 
