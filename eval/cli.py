@@ -241,7 +241,8 @@ def run_screening(args: argparse.Namespace) -> int:
         "baselines": {name: results[name] for name in baselines.BASELINE_NAMES},
     }
     writers = {REPORT_JSON: json_writer(report), REPORT_MD: text_writer(screening_markdown(report)),
-               SWEEP_PLOT: sweep_plot_writer({name: r["validation_sweep"] for name, r in results.items()},
+               SWEEP_PLOT: sweep_plot_writer({name: r["validation_sweep"] for name, r in results.items()
+                                              if not (name == "model" and args.model in baselines.BASELINE_NAMES)},
                                              "Diabetes screening: validation sweep")}
     for name, result in results.items():
         table = predictions_table(cohorts[TEST], ranked[TEST][name], result["k_cls"])
