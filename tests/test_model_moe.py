@@ -184,3 +184,21 @@ def test_no_parameter_path_contains_expert_outside_deepspeed():
         if "deepspeed_experts." in name:
             continue  # DeepSpeed's own expert parameters, saved to the per-expert files
         assert "expert" not in our_part, name
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_bf16_training_step_and_generation(top_k):
+    # The bf16 DeepSpeed configs run the model in bfloat16: router in fp32 inside, loss in fp32, finite grads.
+    model = build(seed=8, num_experts_per_tok=top_k).to(torch.bfloat16)
+    ids = torch.randint(1, 99, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    out = model(ids, attention_mask=mask, labels=ids, output_expert_counts=True)
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert out.logits.dtype == torch.bfloat16
+    assert out.expert_counts.sum().item() == (2 * 9 - 3) * top_k
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    generated = model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (2, 12)
