@@ -89,10 +89,14 @@ def bootstrap_ci_by_group(per_instance: np.ndarray, groups: Sequence[int], n_boo
     np.add.at(sums, group_index, values)
     counts = np.bincount(group_index, minlength=n_groups).astype(np.float64)
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    multiplicity = np.zeros((n_boot, n_groups))
-    np.add.at(multiplicity, (np.repeat(np.arange(n_boot), n_groups), draws.ravel()), 1.0)
-    replicate_means = (multiplicity @ sums) / (multiplicity @ counts)[:, None]
+    replicate_means = np.empty((n_boot, values.shape[1]))
+    chunk = max(1, 2_000_000 // n_groups)          # bounds the [chunk, n_groups] multiplicity matrix's memory
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        draws = rng.integers(0, n_groups, size=(size, n_groups))
+        multiplicity = np.zeros((size, n_groups))
+        np.add.at(multiplicity, (np.repeat(np.arange(size), n_groups), draws.ravel()), 1.0)
+        replicate_means[start:start + size] = (multiplicity @ sums) / (multiplicity @ counts)[:, None]
     low = np.quantile(replicate_means, alpha / 2, axis=0)
     high = np.quantile(replicate_means, 1 - alpha / 2, axis=0)
     return low, high
