@@ -52,7 +52,8 @@ def test_next_visit_frequency_baseline_matches_hand_computation(data_dir, tmp_pa
     assert report["n_common_codes"] == 4
     assert report["rare_common"]["rare"]["n_instances"] == 4
     assert report["rare_common"]["rare"]["recall_at_k"]["3"] == 0.0
-    assert report["rare_common"]["common"]["recall_at_k"]["1"] == pytest.approx((1 / 2 + 1 + 1) / 7)   # every instance has a common target
+    # every instance has a common target; I10 at rank 1 hits 1/2, 1 and 1
+    assert report["rare_common"]["common"]["recall_at_k"]["1"] == pytest.approx((1 / 2 + 1 + 1) / 7)
     assert (out / "report.md").read_text().count("baseline:history") >= 2
     assert (out / "recall_at_k.png").stat().st_size > 1000
 
@@ -159,3 +160,15 @@ def test_pooled_splits(data_dir, tmp_path):
     report = json.loads((out / "report.json").read_text())
     # validation adds 1 + 2 + 1 + 1 = 5 pairs from 4 patients to the test split's 7 from 5
     assert (report["split"], report["n_instances"], report["n_patients"]) == ("validation+test", 12, 9)
+
+
+def test_max_patients_draws_a_seeded_subset(data_dir, tmp_path):
+    reports = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert run("next-visit", "--model", "baseline:history", "--data", data_dir, "--out", out,
+                   "--max-patients", "2", "--seed", "4", "--bootstrap", "20") == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    assert reports[0]["n_patients_in_split"] == 2
+    assert reports[0]["recall_at_k"] == reports[1]["recall_at_k"]
+    assert reports[0]["n_instances"] == reports[1]["n_instances"]
