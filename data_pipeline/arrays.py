@@ -41,3 +41,41 @@ def dense_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     present = np.bincount(keys) > 0
     rank = np.cumsum(present) - 1
     return np.flatnonzero(present), rank[keys]
+
+
+def pack(columns: list[tuple[np.ndarray, int]]) -> np.ndarray | None:
+    """Pack non-negative integer columns (values, max value), most significant first, into one int64 sort key;
+    None when they need more than 63 bits (callers then fall back to np.lexsort).
+
+    >>> pack([(np.array([1, 0]), 3), (np.array([2, 5]), 7)]).tolist()
+    [10, 5]
+    """
+    bits = [max(int(top), 1).bit_length() for _, top in columns]
+    if sum(bits) > 63:
+        return None
+    packed = np.zeros(len(columns[0][0]), np.int64)
+    for (values, _), width in zip(columns, bits):
+        packed = (packed << np.int64(width)) | values.astype(np.int64)
+    return packed
+
+
+def keep_first(keys: np.ndarray, key_max: int) -> np.ndarray:
+    """Boolean mask keeping the first occurrence of each key (in array order).
+
+    >>> keep_first(np.array([4, 2, 4, 2, 9]), 9).tolist()
+    [True, True, False, False, True]
+    """
+    n = len(keys)
+    packed = pack([(keys, key_max), (np.arange(n), max(n - 1, 1))])
+    if packed is None:
+        mask = np.zeros(n, bool)
+        mask[first_occurrences(keys)] = True
+        return mask
+    # one unstable sort of (key, position) pairs: within a key, the smallest position comes first
+    ordered = np.sort(packed)
+    position_bits = np.int64(max(n - 1, 1).bit_length())
+    high = ordered >> position_bits
+    starts = np.concatenate([[True], high[1:] != high[:-1]]) if n else np.zeros(0, bool)
+    mask = np.zeros(n, bool)
+    mask[ordered[starts] & ((np.int64(1) << position_bits) - 1)] = True
+    return mask

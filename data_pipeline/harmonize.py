@@ -154,16 +154,14 @@ def _resolve_key(kind: str, code: str, system: str, settings: HarmonizationSetti
     return result
 
 
-def _harmonize_kind(rows: np.ndarray, codes: pa.Array, systems: np.ndarray, kind: str,
-                    settings: HarmonizationSettings, token_ids: dict[tuple[str, str], int],
+def _harmonize_kind(rows: np.ndarray, code_index: np.ndarray, dictionary: list[str], systems: np.ndarray,
+                    kind: str, settings: HarmonizationSettings, token_ids: dict[tuple[str, str], int],
                     counts: dict, dropped: dict) -> tuple[np.ndarray, np.ndarray]:
     """Canonical tokens for the rows of one kind: (source row per output row, token id per output row).
 
-    Rows are grouped by distinct (code, system) key first, so the policy runs once per key; per-row work is
-    integer numpy (np.repeat for one-to-many expansion)."""
-    encoded = pc.dictionary_encode(codes)
-    dictionary = _normalize(encoded.dictionary).to_pylist()
-    code_index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    code_index: each row's index into `dictionary` (the normalized distinct codes; -1 = missing). Rows are
+    grouped by distinct (code, system) key first, so the policy runs once per key; per-row work is integer
+    numpy (np.repeat for one-to-many expansion)."""
     n_systems = len(CODE_SYSTEMS)
     # +1 so that a missing code (index -1) is key 0; keys are small and dense, so counting beats hashing
     dense_keys, inverse = dense_codes(np.where(code_index >= 0, code_index * n_systems + systems + 1, 0))
@@ -202,11 +200,13 @@ def _harmonize_kind(rows: np.ndarray, codes: pa.Array, systems: np.ndarray, kind
         counts[f"{kind}_rows"] = int(len(rows))
 
     per_row = n_targets[inverse]
+    flat_array = np.array(flat, np.int32) if flat else np.zeros(0, np.int32)
+    if len(per_row) and per_row.max() <= 1:  # no combination code among these rows: no expansion needed
+        kept = per_row == 1
+        return rows[kept], flat_array[starts[inverse[kept]]]
     out_rows = np.repeat(rows, per_row)
     within = np.arange(len(out_rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-    flat_array = np.array(flat, np.int32) if flat else np.zeros(0, np.int32)
-    out_tokens = flat_array[np.repeat(starts[inverse], per_row) + within]
-    return out_rows, out_tokens
+    return out_rows, flat_array[np.repeat(starts[inverse], per_row) + within]
 
 
 def harmonize(events: pa.Table, settings: HarmonizationSettings) -> HarmonizedEvents:
@@ -217,6 +217,12 @@ def harmonize(events: pa.Table, settings: HarmonizationSettings) -> HarmonizedEv
     dropped: dict[str, int] = {}
     token_ids: dict[tuple[str, str], int] = {}
     all_rows, all_tokens = [], []
+    # one dictionary encoding of every code: the policy then works on distinct codes, rows on integers
+    code = events[CODE].combine_chunks() if isinstance(events[CODE], pa.ChunkedArray) else events[CODE]
+    encoded = pc.dictionary_encode(code)
+    dictionary = _normalize(encoded.dictionary).to_pylist()
+    code_index = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    del code, encoded
     for kind_index, kind in enumerate(EVENT_KINDS):
         rows = np.flatnonzero(kinds == kind_index)
         counts[f"{kind}_rows_read"] = len(rows)
@@ -225,8 +231,8 @@ def harmonize(events: pa.Table, settings: HarmonizationSettings) -> HarmonizedEv
             continue
         if not len(rows):
             continue
-        out_rows, out_tokens = _harmonize_kind(rows, events[CODE].combine_chunks().take(pa.array(rows)),
-                                               systems[rows], kind, settings, token_ids, counts, dropped)
+        out_rows, out_tokens = _harmonize_kind(rows, code_index[rows], dictionary, systems[rows], kind, settings,
+                                               token_ids, counts, dropped)
         all_rows.append(out_rows)
         all_tokens.append(out_tokens)
     rows = np.concatenate(all_rows) if all_rows else np.zeros(0, np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sparseehr.data_pipeline.arrays import distinct, first_occurrences
+from sparseehr.data_pipeline.arrays import distinct, keep_first, pack
 from sparseehr.data_pipeline.harmonize import ORDER, TOKEN, TOKEN_STRING, HarmonizedEvents
 from sparseehr.data_pipeline.readers.common import dictionary_codes
 from sparseehr.data_pipeline.schema import (
@@ -42,6 +42,8 @@ SEX_TOKENS = tuple(SEX_PREFIX + s for s in SEX_VALUES) + (SEX_PREFIX + UNK_VALUE
 COL_PREFIX_TOKENS = "prefix_tokens"  # staging columns (strings), consumed by tokenize.py
 COL_VISIT_TOKENS = "visit_tokens"
 SECONDS_PER_DAY = 86_400
+SEQ_MAX = (1 << 16) - 1               # seq_num beyond this (or missing) sorts last
+OFFSET_MINUTES_MAX = (1 << 24) - 1    # event time within its visit, minutes, centred: +-16 years
 DAYS_PER_YEAR = 365.25
 
 
@@ -93,6 +95,32 @@ def _first_per_patient(subjects: np.ndarray, rows: np.ndarray, patient_ids: np.n
     return first, first >= 0
 
 
+def _visit_rows(visits: pa.Table, visit_subject: np.ndarray, patient_ids: np.ndarray, code_events: pa.Table
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Row in `visits` of each code event (by subject and visit id), and whether it has one."""
+    event_subject = code_events[SUBJECT_ID].to_numpy()
+    visit_ids = visits[VISIT_ID].to_numpy()
+    if len(distinct(visit_ids)) == len(visit_ids):
+        # fast path (MIMIC hadm_id, unique across subjects): one hash lookup, then check the subject
+        row = pc.index_in(code_events[VISIT_ID], value_set=visits[VISIT_ID])
+        row = pc.fill_null(row, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        found = row >= 0
+        found[found] = visit_subject[row[found]] == event_subject[found]
+        return row[found], found
+    # general path (ids repeat across subjects, e.g. calendar days): composite dense key
+    visit_ids_sorted = distinct(visit_ids)
+    visit_key = np.searchsorted(patient_ids, visit_subject) * len(visit_ids_sorted) + np.searchsorted(
+        visit_ids_sorted, visit_ids)
+    key_order = np.argsort(visit_key, kind="stable")
+    subj_rank, subj_found = _dense_rank(patient_ids, event_subject)
+    vid_rank, vid_found = _dense_rank(visit_ids_sorted, code_events[VISIT_ID].to_numpy(zero_copy_only=False))
+    event_key = subj_rank * len(visit_ids_sorted) + vid_rank
+    position = np.minimum(np.searchsorted(visit_key[key_order], event_key), max(len(visit_ids) - 1, 0))
+    found = subj_found & vid_found & (visit_key[key_order][position] == event_key) if len(visit_ids) else \
+        np.zeros(len(event_subject), bool)
+    return key_order[position][found], found
+
+
 def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines:
     """Group harmonized events into per-patient timelines (patients without any visit are left out)."""
     counts: dict[str, int] = {}
@@ -109,33 +137,29 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
                   consecutive_visit_pairs=int(n_visits - n_patients))
     patient_visit_offsets = np.concatenate([[0], np.cumsum(visits_per_patient)]).astype(np.int32)
 
-    # ---- code events -> visit index (composite dense key: subject rank, visit-id rank) ----
+    # ---- code events -> visit row ----
     code_events = harmonized.code_events
-    visit_ids_sorted = distinct(visits[VISIT_ID].to_numpy())
-    visit_key = (np.searchsorted(patient_ids, visit_subject) * len(visit_ids_sorted)
-                 + np.searchsorted(visit_ids_sorted, visits[VISIT_ID].to_numpy()))
-    key_order = np.argsort(visit_key, kind="stable")
-    subj_rank, subj_found = _dense_rank(patient_ids, code_events[SUBJECT_ID].to_numpy())
-    vid_rank, vid_found = _dense_rank(visit_ids_sorted, code_events[VISIT_ID].to_numpy(zero_copy_only=False))
-    event_key = subj_rank * len(visit_ids_sorted) + vid_rank
-    position = np.minimum(np.searchsorted(visit_key[key_order], event_key), max(n_visits - 1, 0))
-    in_visit = subj_found & vid_found & (visit_key[key_order][position] == event_key) if n_visits else \
-        np.zeros(code_events.num_rows, bool)
+    event_visit, in_visit = _visit_rows(visits, visit_subject, patient_ids, code_events)
     counts["code_events_without_visit"] = int((~in_visit).sum())
-    event_visit = key_order[position][in_visit]
-    code_events = code_events.filter(pa.array(in_visit))
+    if not in_visit.all():
+        code_events = code_events.filter(pa.array(in_visit))
 
     # ---- order within visit: kind (dx, px, cpt), event time, seq_num, source order; then de-duplicate ----
+    # Events arrive in source order within each kind, so a STABLE sort keeps source order among ties.
     event_kind = dictionary_codes(code_events[KIND])
-    seq_column = code_events[SEQ_NUM]
-    seq = pc.fill_null(seq_column, np.iinfo(np.int32).max).to_numpy(zero_copy_only=False).astype(np.int64)
+    seq = np.clip(pc.fill_null(code_events[SEQ_NUM], SEQ_MAX).to_numpy(zero_copy_only=False), 0, SEQ_MAX)
     event_time = pc.fill_null(code_events[TIME].cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-    order = np.lexsort((code_events[ORDER].to_numpy(), seq, event_time, event_kind, event_visit))
+    minutes = (event_time - visit_time_us[event_visit]) // 60_000_000 + OFFSET_MINUTES_MAX // 2
+    minutes = np.clip(minutes, 0, OFFSET_MINUTES_MAX)
+    packed = pack([(event_visit, max(n_visits - 1, 1)), (event_kind, len(EVENT_KINDS)), (minutes, OFFSET_MINUTES_MAX),
+                   (seq, SEQ_MAX)])
+    order = np.argsort(packed, kind="stable") if packed is not None else np.lexsort(
+        (code_events[ORDER].to_numpy(), seq, event_time, event_kind, event_visit))
     token_id = code_events[TOKEN].to_numpy()[order].astype(np.int64)
     event_visit, event_kind = event_visit[order], event_kind[order]
     n_tokens = max(harmonized.tokens.num_rows, 1)
-    keep = first_occurrences(event_visit * n_tokens + token_id)
-    counts["duplicate_codes_in_visit_collapsed"] = int(len(order) - len(keep))
+    keep = keep_first(event_visit * n_tokens + token_id, max(n_visits, 1) * n_tokens)
+    counts["duplicate_codes_in_visit_collapsed"] = int(len(order) - keep.sum())
     token_id, event_visit, event_kind = token_id[keep], event_visit[keep], event_kind[keep]
     token_strings = harmonized.tokens[TOKEN_STRING].combine_chunks()
     tokens = token_strings.take(pa.array(token_id))

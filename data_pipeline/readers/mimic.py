@@ -46,26 +46,27 @@ def _require_rows(path: Path, table: pa.Table) -> None:
         raise PrepareError(path, "the table has no data rows", row=2)
 
 
-def _lookup_visits(path: Path, table: pa.Table, adm_hadm_sorted: np.ndarray, adm_order: np.ndarray,
-                   adm_subject: np.ndarray, adm_time: np.ndarray, patient_ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
+def _lookup_visits(path: Path, table: pa.Table, admission_hadm: pa.Array, adm_subject: np.ndarray,
+                   adm_time: np.ndarray, patient_ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
     """Each row's admission time; errors on an unknown subject or hadm_id (or a hadm_id of another subject)."""
-    bad = first_false(pc.is_in(table[MIMIC_SUBJECT], value_set=patient_ids))
-    if bad is not None:
-        raise PrepareError(path, f"subject {table[MIMIC_SUBJECT][bad].as_py()} is not in patients",
-                           column=MIMIC_SUBJECT, row=csv_line(bad))
-    hadm = table[MIMIC_HADM].to_numpy()
-    position = np.searchsorted(adm_hadm_sorted, hadm)
-    position = np.minimum(position, len(adm_hadm_sorted) - 1)
-    found = adm_hadm_sorted[position] == hadm
-    bad = first_false(found)
-    if bad is not None:
-        raise PrepareError(path, f"hadm_id {hadm[bad]} is not in admissions", column=MIMIC_HADM, row=csv_line(bad))
-    admission = adm_order[position]
-    bad = first_false(adm_subject[admission] == table[MIMIC_SUBJECT].to_numpy())
-    if bad is not None:
-        raise PrepareError(path, f"hadm_id {hadm[bad]} belongs to another subject in admissions",
-                           column=MIMIC_SUBJECT, row=csv_line(bad))
-    return hadm, pa.array(adm_time[admission], TIME_TYPE)
+    admission = pc.fill_null(pc.index_in(table[MIMIC_HADM], value_set=admission_hadm), -1)
+    admission = admission.to_numpy(zero_copy_only=False).astype(np.int64)
+    subject = table[MIMIC_SUBJECT].to_numpy()
+    consistent = (admission >= 0) & (adm_subject[admission] == subject)
+    if not consistent.all():
+        # slow path, only for bad input: find the first problem in the order a reader would look for it
+        bad = first_false(pc.is_in(table[MIMIC_SUBJECT], value_set=patient_ids))
+        if bad is not None:
+            raise PrepareError(path, f"subject {subject[bad]} is not in patients", column=MIMIC_SUBJECT,
+                               row=csv_line(bad))
+        bad = first_false(admission >= 0)
+        if bad is not None:
+            raise PrepareError(path, f"hadm_id {table[MIMIC_HADM][bad].as_py()} is not in admissions",
+                               column=MIMIC_HADM, row=csv_line(bad))
+        bad = first_false(consistent)
+        raise PrepareError(path, f"hadm_id {table[MIMIC_HADM][bad].as_py()} belongs to another subject in "
+                                 "admissions", column=MIMIC_SUBJECT, row=csv_line(bad))
+    return table[MIMIC_HADM].to_numpy(), pa.array(adm_time[admission], TIME_TYPE)
 
 
 def _event_times(table: pa.Table, admit_times: pa.Array) -> pa.Array:
@@ -126,8 +127,10 @@ def read_mimic(hosp_dir: str | Path) -> RawRecords:
     adm_subject = admissions[MIMIC_SUBJECT].to_numpy()
     adm_time = admissions["admittime"].cast(TIME_TYPE).to_numpy()
 
+    admission_hadm = admissions[MIMIC_HADM].combine_chunks()
+
     def visit_lookup(table_path: Path, table: pa.Table):
-        return _lookup_visits(table_path, table, adm_hadm_sorted, adm_order, adm_subject, adm_time, patient_ids)
+        return _lookup_visits(table_path, table, admission_hadm, adm_subject, adm_time, patient_ids)
 
     parts = []
     path = find_table_file(hosp_dir, DIAGNOSES)

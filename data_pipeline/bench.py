@@ -1,0 +1,174 @@
+"""`sparseehr bench prepare`: time and memory of `sparseehr prepare` against a plain pyarrow read.
+
+    sparseehr bench prepare                          # simulate a MIMIC-scale hosp folder (300k patients), bench it
+    sparseehr bench prepare --mimic DIR --repeats 3  # bench an existing MIMIC-IV hosp folder
+
+Each repeat reads the five raw tables with plain `pyarrow.csv.read_csv` (all columns, default options) in this
+process, then runs a full prepare in a fresh child process while a sampler sums the resident memory of the
+child and all of its descendants (`datasets.map` workers) every 50 ms. Reads and prepares alternate, so both see
+the same machine load; figures are medians over repeats, the ratio is prepare time / plain read time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RAW_TABLES = ("patients", "admissions", "diagnoses_icd", "procedures_icd", "hcpcsevents")
+TARGET_RATIO, TARGET_RSS_GIB = 8.0, 4.0
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                kids += [int(k) for k in handle.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of `root` and all its descendants (shared pages count once per process: an upper bound)."""
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * PAGE
+        except OSError:
+            continue
+        stack += _children(pid)
+    return total
+
+
+def plain_read(hosp: Path) -> tuple[float, int]:
+    """Seconds to read every raw table with plain pyarrow, and the rows read."""
+    import pyarrow.csv as pacsv
+
+    rows, started = 0, time.perf_counter()
+    for name in RAW_TABLES:
+        path = hosp / f"{name}.csv.gz"
+        if path.exists():
+            rows += pacsv.read_csv(path).num_rows
+    return time.perf_counter() - started, rows
+
+
+def run_prepare(hosp: Path, out: Path, num_proc: int) -> dict:
+    """One prepare in a child process; returns its in-process time, process wall time and peak tree RSS."""
+    code = ("import json, sys; from sparseehr.data_pipeline.build import PrepareConfig, prepare; "
+            "r = prepare(PrepareConfig(out=sys.argv[1], mimic=sys.argv[2], num_proc=int(sys.argv[3]), "
+            "overwrite=True, progress=False)); print(json.dumps({k: r[k] for k in "
+            "('elapsed_s', 'timings_s', 'patients', 'visits', 'events_read')}))")
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", code, str(out), str(hosp), str(num_proc)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(child.pid))
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
+    done.set()
+    sampler.join()
+    wall = time.perf_counter() - started
+    if child.returncode != 0:
+        raise RuntimeError(f"prepare failed ({child.returncode}):\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result.update(process_wall_s=wall, peak_tree_rss=peak[0])
+    return result
+
+
+def _simulate(patients: int, work: Path, regenerate: bool) -> Path:
+    target = work / f"mimic-{patients}"
+    if regenerate and target.exists():
+        shutil.rmtree(target)
+    if not (target / "hosp" / "diagnoses_icd.csv.gz").exists():
+        from sparseehr.data_pipeline.simulator.cli import main as synth_main
+
+        code = synth_main(["--system", "mimic", "--patients", str(patients), "--seed", "0", "--out", str(target)])
+        if code:
+            raise RuntimeError(f"sparseehr synth failed with exit code {code}")
+    return target / "hosp"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sparseehr bench prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mimic", metavar="DIR", help="existing MIMIC-IV hosp folder (default: simulate one)")
+    parser.add_argument("--patients", type=int, default=300_000, help="simulated patients (default 300000)")
+    parser.add_argument("--work", metavar="DIR", help="where simulated data and outputs go (default: a temp dir)")
+    parser.add_argument("--regenerate", action="store_true", help="simulate again even if WORK holds the data")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num-proc", type=int, default=1, help="datasets.map workers inside prepare")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target (ratio, peak RSS) is missed")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.patients < 1:
+        parser.error("--repeats and --patients must be >= 1")
+
+    own_work = args.work is None
+    work = Path(args.work or tempfile.mkdtemp(prefix="sparseehr-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        hosp = Path(args.mimic) if args.mimic else _simulate(args.patients, work, args.regenerate)
+        sizes = {n: (hosp / f"{n}.csv.gz").stat().st_size for n in RAW_TABLES if (hosp / f"{n}.csv.gz").exists()}
+        print(f"data: {hosp} ({sum(sizes.values()) / 2**20:.1f} MiB gzip), num_proc {args.num_proc}, "
+              f"{args.repeats} repeats, {os.cpu_count()} CPUs")
+        reads, prepares = [], []
+        for repeat in range(args.repeats):
+            read_s, rows = plain_read(hosp)
+            result = run_prepare(hosp, work / "out", args.num_proc)
+            reads.append(read_s)
+            prepares.append(result)
+            print(f"repeat {repeat + 1}: plain read {read_s:.2f} s | prepare {result['elapsed_s']:.2f} s "
+                  f"(process {result['process_wall_s']:.2f} s) | ratio {result['elapsed_s'] / read_s:.2f} | "
+                  f"peak RSS {result['peak_tree_rss'] / 2**30:.2f} GiB | steps {result['timings_s']}", flush=True)
+        read_median = statistics.median(reads)
+        prepare_median = statistics.median(p["elapsed_s"] for p in prepares)
+        peak = max(p["peak_tree_rss"] for p in prepares)
+        max_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        figures = {
+            "rows": rows, "patients": prepares[0]["patients"], "visits": prepares[0]["visits"],
+            "plain_read_s_median": round(read_median, 3), "prepare_s_median": round(prepare_median, 3),
+            "prepare_process_s_median": round(statistics.median(p["process_wall_s"] for p in prepares), 3),
+            "ratio_median": round(prepare_median / read_median, 3),
+            "ratio_per_repeat_median": round(statistics.median(p["elapsed_s"] / r for p, r in zip(prepares, reads)), 3),
+            "rows_per_s": round(rows / prepare_median), "peak_tree_rss_gib": round(peak / 2**30, 3),
+            "peak_single_process_rss_gib": round(max_child / 2**30, 3), "num_proc": args.num_proc,
+            "repeats": args.repeats, "cpus": os.cpu_count(),
+        }
+        ok = figures["ratio_median"] <= TARGET_RATIO and figures["peak_tree_rss_gib"] <= TARGET_RSS_GIB
+        print(f"median: plain read {read_median:.2f} s, prepare {prepare_median:.2f} s, ratio "
+              f"{figures['ratio_median']:.2f} (target <= {TARGET_RATIO:g}), {figures['rows_per_s']:,} rows/s, "
+              f"peak RSS {figures['peak_tree_rss_gib']:.2f} GiB incl. workers (target <= {TARGET_RSS_GIB:g}), "
+              f"largest single process {figures['peak_single_process_rss_gib']:.2f} GiB -> "
+              f"{'within targets' if ok else 'TARGET MISSED'}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2))
+        return 1 if (args.check and not ok) else 0
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            shutil.rmtree(work / "out", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
