@@ -45,7 +45,16 @@ class GemEntry:
 @dataclass(frozen=True)
 class Gem:
     entries: dict[str, GemEntry]
-    source: dict  # package/version/file/sha256 (or path/sha256), for harmonization.json
+    source: dict  # package/version/file (or path), the file's sha256 and rows_sha256, for harmonization.json
+
+
+def _rows_sha256(rows: list[tuple[str, Row]]) -> str:
+    """SHA-256 of the GEM rows themselves (icd9, target, flags in file order): equal for the same CMS rows
+    whatever container (CSV, fixed width, SQLite) they were read from."""
+    digest = hashlib.sha256()
+    for icd9, row in rows:
+        digest.update(f"{icd9}\t{row[0]}\t{''.join(str(v) for v in row[1:])}\n".encode())
+    return digest.hexdigest()
 
 
 # A GEM row as the policy needs it: (target, approximate, no_map, combination, scenario, choice_list)
@@ -107,6 +116,7 @@ def load_dx_gem(path: str | None = None) -> Gem:
     source["sha256"] = _sha256(data)
     reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
     rows = [(r["icd9cm"].strip(), _flag_row(r["icd10cm"].strip(), r["flags"].strip())) for r in reader]
+    source["rows_sha256"] = _rows_sha256(rows)
     return Gem(_group(rows), source)
 
 
@@ -130,4 +140,5 @@ def load_px_gem(path: str | None = None) -> Gem:
             fields = line.split()
             if len(fields) == 3:
                 rows.append((fields[0], _flag_row(fields[1], fields[2])))
+    source["rows_sha256"] = _rows_sha256(rows)
     return Gem(_group(rows), source)

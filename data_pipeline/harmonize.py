@@ -64,24 +64,28 @@ class HarmonizationSettings:
 
 
 def settings_record(settings: HarmonizationSettings) -> dict:
-    """The harmonization.json content: settings, policies, GEM sources and the hash over all of them."""
+    """The harmonization.json content: settings, policies, GEM sources and `settings_hash`.
+
+    The hash covers what decides the output (prefix lengths, policies, formats, the SHA-256 of the GEM ROWS and
+    of the category list), not where the files were read from: the same GEM read from a PyPI package or from
+    the CMS file gives the same hash. The file hashes are recorded beside it as provenance."""
     dx_gem, px_gem = load_dx_gem(settings.dx_gem_path), load_px_gem(settings.px_gem_path)
-    frozen = {
+    categories = icd10cm_categories()[1]
+    decisive = {
         "version": HARMONIZATION_VERSION,
         "dx_prefix_len": settings.dx_prefix_len,
         "px_prefix_len": settings.px_prefix_len,
         "cpt_length": 5,
         "one_to_many_policy": "combination: first scenario, first target of every choice list; "
                               "alternatives: first target in GEM order; NoDx/NoPCS: dropped",
-        "dx_gem": {k: v for k, v in dx_gem.source.items() if k != "path"},
-        "px_gem": {k: v for k, v in px_gem.source.items() if k != "path"},
-        "icd10cm_categories": icd10cm_categories()[1],
+        "dx_gem_rows_sha256": dx_gem.source["rows_sha256"],
+        "px_gem_rows_sha256": px_gem.source["rows_sha256"],
+        "icd10cm_categories_sha256": categories["sha256"],
         "formats": {"icd10cm": ICD10CM_FORMAT, "icd10pcs": ICD10PCS_FORMAT, "cpt": CPT_FORMAT},
     }
-    # The hash covers what decides the output (file contents, not where they were read from).
-    digest = hashlib.sha256(json.dumps(frozen, sort_keys=True).encode()).hexdigest()
-    record = dict(frozen, settings_hash=digest, settings=asdict(settings))
-    return record
+    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()
+    return dict(decisive, settings_hash=digest, dx_gem=dx_gem.source, px_gem=px_gem.source,
+                icd10cm_categories=categories, settings=asdict(settings))
 
 
 @dataclass
