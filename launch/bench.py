@@ -31,7 +31,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_config(name: str, data: str, out: Path, preset: str, steps: int, extra: list[str], timeout: int) -> Path:
+def run_config(name: str, data: str, out: Path, preset: str, steps: int, extra: list[str], timeout: int,
+               threads: int) -> Path:
     ranks, ds_json, ep = CONFIGS[name]
     run_dir = out / name
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
@@ -40,6 +41,8 @@ def run_config(name: str, data: str, out: Path, preset: str, steps: int, extra: 
                "--deepspeed", ds_json, "--ep-size", str(ep), "--eval-interval", "0", "--ckpt-interval", "0",
                "--log-interval", "1", *extra]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "TQDM_DISABLE": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {','.join(CONFIGS)}")
     parser.add_argument("--out", default=None, help="folder for the runs and bench_train.json (default: temp)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    parser.add_argument("--threads-per-rank", type=int, default=1,
+                        help="OMP_NUM_THREADS of each rank (default 1: N ranks use N cores; 0 = leave as is)")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: extra `sparseehr train` flags")
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
@@ -82,10 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for name in names:
-        results[name] = summarize(run_config(name, args.data, out, args.preset, args.steps, extra, args.timeout),
+        results[name] = summarize(run_config(name, args.data, out, args.preset, args.steps, extra, args.timeout,
+                                             args.threads_per_rank),
                                   args.warmup)
     print(f"sparseehr bench train: preset {args.preset}, {args.steps} steps (median of the last "
-          f"{args.steps - args.warmup}), data {args.data}")
+          f"{args.steps - args.warmup}), {args.threads_per_rank or 'default'} thread(s) per rank, data {args.data}")
     print(f"{'config':<11} {'step_s':>8} {'tokens/s':>10} {'MFU':>8} {'peak RSS MiB':>13} {'final loss':>11}")
     for name, r in results.items():
         print(f"{name:<11} {r['step_time_s']:>8.4f} {r['tokens_per_s']:>10.0f} {r['mfu']:>8.4f} "

@@ -188,9 +188,9 @@ def restore(ctx: RunContext, run_dir: Path, tag: str, load_optimizer: bool) -> N
     if saved is None:
         raise TrainingError(f"{run_dir / tag}: not written by sparseehr train (no 'sparseehr' client state)")
     current = ctx.invariants()
-    current["total_steps"] = saved["total_steps"] if ctx.cfg.max_steps is None else current["total_steps"]
+    current.pop("total_steps")  # may grow on resume (--max-steps raised); the schedule follows the new length
     for key, value in current.items():
-        if key in saved and saved[key] != value and key != "total_steps":
+        if key in saved and saved[key] != value:
             advice = (" (optimizer state does not survive an ep change: `sparseehr export` the run and start a new "
                       "one with --init-from)") if key == "ep_size" else ""
             raise TrainingError(f"cannot resume {run_dir / tag}: it was written with {key}={saved[key]}, this run "

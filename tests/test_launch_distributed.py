@@ -39,7 +39,7 @@ def demo_datadir(tmp_path_factory, mimic_demo_hosp):
 
 
 def train_args(data, out, *extra):
-    return ["--data", str(data), "--out", str(out), *COMMON, *extra]
+    return ["--data", str(data), "--out", str(out), *COMMON, *extra]  # a repeated flag: the later one wins
 
 
 def check(result: subprocess.CompletedProcess) -> None:
@@ -191,3 +191,27 @@ def test_bad_configuration_fails_clearly_from_the_command_line(runs, tmp_path):
     assert result.returncode == 2
     assert "ZeRO stage 3 cannot shard DeepSpeed's native MoE layers" in result.stderr
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits_cleanly(runs, tmp_path):
+    run_dir = tmp_path / "term"
+    command = [sys.executable, "-m", "sparseehr", "train", *train_args(runs["data"], run_dir),
+               "--max-steps", "100000", "--ckpt-interval", "0", "--eval-interval", "0"]
+    proc = subprocess.Popen(command, env=subprocess_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run_dir / "metrics.jsonl").is_file() and len(read_jsonl(run_dir / "metrics.jsonl")) >= 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    last = max(metrics(run_dir))
+    assert 2 <= last < 100000
+    assert (run_dir / "latest").read_text().strip() == f"global_step{last}"  # saved at the step it stopped on
+    assert f"SIGTERM: checkpointed at step {last}; continue with --resume" in stdout
