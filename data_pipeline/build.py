@@ -247,8 +247,10 @@ def _report(config, records, harmonized, staging, split, split_source, vocab, vo
     n_visits = len(visits.flatten())
     prefix_len = 1 + np.diff(staging[COL_PREFIX_TOKENS].combine_chunks().offsets.to_numpy())
     visits_per_patient = np.diff(visits.offsets.to_numpy())
-    visit_len = np.diff(visits.flatten().offsets.to_numpy()) + 3
-    oversize = visit_len > (config.max_len - np.repeat(prefix_len, visits_per_patient) - 1)
+    visit_len = np.diff(visits.flatten().offsets.to_numpy()) + 3       # GAP, VISIT:open, codes, VISIT:close
+    visit_offsets = visits.offsets.to_numpy() - visits.offsets.to_numpy()[0]
+    visit_len[visit_offsets[1:][visits_per_patient > 0] - 1] += 1       # the last visit carries <eor>
+    oversize = visit_len > (config.max_len - np.repeat(prefix_len, visits_per_patient))
     return {
         "source": records.source, "input": records.path,
         "patients": int(len(staging)), "patients_declared": int(len(records.subjects)),

@@ -150,3 +150,21 @@ def test_parallel_map_gives_identical_datasets(tmp_path, demo_default, mimic_dem
     for split in SPLITS:
         assert datadir.load_patients(out, split).to_list() == datadir.load_patients(demo_default, split).to_list()
         assert datadir.load_windows(out, split).to_list() == datadir.load_windows(demo_default, split).to_list()
+
+
+def test_oversize_visits_are_split_and_counted(demo_default):
+    """At max_len 48 some demo visits do not fit beside the prefix: they are split, counted, and nothing is lost."""
+    max_len, oversize = 48, 0
+    for split in SPLITS:
+        windows = {}
+        for row in datadir.load_windows(demo_default, split):
+            windows.setdefault(row["subject_id"], []).append((row["window_index"], row["input_ids"]))
+        for row in datadir.load_patients(demo_default, split):
+            ids, prefix = row["input_ids"], row["prefix_len"]
+            bounds = row["visit_offsets"] + [len(ids)]
+            oversize += sum(end - start > max_len - prefix for start, end in zip(bounds[:-1], bounds[1:]))
+            pieces = [w for _, w in sorted(windows[row["subject_id"]])]
+            assert all(len(w) <= max_len and w[:prefix] == ids[:prefix] for w in pieces)
+            assert [t for w in pieces for t in w[prefix:]] == ids[prefix:]
+    assert oversize > 0
+    assert datadir.read_prepare_report(demo_default)["oversize_visits_split"] == oversize
