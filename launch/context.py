@@ -59,6 +59,16 @@ def set_cpu_threads() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local_ranks, 1)))
 
 
+def steps_for_tokens(max_tokens: int, real_tokens_per_micro_batch: float, grad_accum_steps: int,
+                     world_size: int) -> int:
+    """Optimizer steps that cover max_tokens real tokens (rounded up; the schedule needs a fixed length).
+
+    >>> steps_for_tokens(1000, 100.0, 2, 2)  # 400 tokens per step
+    3
+    """
+    return max(1, math.ceil(max_tokens / (real_tokens_per_micro_batch * grad_accum_steps * world_size)))
+
+
 def seed_everything(seed: int) -> None:
     import random
 
@@ -148,11 +158,8 @@ def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
                           f"{model_config.max_position_embeddings} (preset {cfg.preset})")
     loader = PackedTrainLoader(train_ds, seq_len, cfg.micro_batch_size, rank, world, cfg.seed,
                                tokenizer.pad_token_id)
-    if cfg.max_steps is not None:
-        total_steps = cfg.max_steps
-    else:
-        tokens_per_step = loader.real_tokens_per_micro_batch_estimate() * cfg.grad_accum_steps * world
-        total_steps = max(1, math.ceil(cfg.max_tokens / tokens_per_step))
+    total_steps = cfg.max_steps if cfg.max_steps is not None else steps_for_tokens(
+        cfg.max_tokens, loader.real_tokens_per_micro_batch_estimate(), cfg.grad_accum_steps, world)
 
     ep_rank = expert_parallel_rank(ep_size) if ep_size > 1 else 0
     init_weights = None

@@ -117,7 +117,7 @@ def cosine_with_warmup(step: int, warmup_steps: int, total_steps: int, min_ratio
     """LR multiplier: linear warmup from 1/warmup to 1, then cosine to min_ratio at total_steps.
 
     >>> [round(cosine_with_warmup(s, 2, 6, 0.1), 3) for s in range(7)]
-    [0.5, 1.0, 1.0, 0.836, 0.55, 0.264, 0.1]
+    [0.5, 1.0, 1.0, 0.868, 0.55, 0.232, 0.1]
     """
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps

@@ -118,3 +118,22 @@ def test_shard_full_state_dict_maps_local_to_global_experts():
     assert [shard[k].item() for k in local] == [2.0, 3.0, 0.0]
     with pytest.raises(KeyError, match="stored as .*deepspeed_experts.4.w"):
         shard_full_state_dict(full, local, ep_rank=2, num_local_experts=2)
+
+
+def test_max_tokens_becomes_enough_steps():
+    from sparseehr.launch.context import steps_for_tokens
+
+    # 120 real tokens per micro-batch x 2 accumulation x 4 ranks = 960 tokens per optimizer step
+    assert steps_for_tokens(960, 120.0, 2, 4) == 1
+    assert steps_for_tokens(961, 120.0, 2, 4) == 2
+    assert steps_for_tokens(10_000, 120.0, 2, 4) == 11  # 10.42 -> 11: never fewer tokens than asked
+
+
+@pytest.mark.parametrize("module_name", ["data", "engine", "metrics", "context"])
+def test_docstring_examples(module_name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"sparseehr.launch.{module_name}")
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
