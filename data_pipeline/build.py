@@ -128,11 +128,11 @@ def _map_split(staging: pa.Table, work: Path, name: str, vocab: Vocabulary, conf
         return patients, windows
     patients = staged.with_format("arrow").map(
         tokenize_batch, fn_kwargs={"vocab": vocab}, remove_columns=staged.column_names,
-        cache_file_name=str(work / f"patients-{name}.arrow"), new_fingerprint=f"patients-{name}-{uuid.uuid4().hex}",
+        cache_file_name=str(work / f"patients-{name}.arrow"), new_fingerprint=f"patients-{uuid.uuid4().hex[:24]}",
         desc=f"tokenize {name}", **common).with_format(None)
     windows = patients.with_format("arrow").map(
         windows_batch, fn_kwargs={"max_len": config.max_len}, remove_columns=patients.column_names,
-        cache_file_name=str(work / f"windows-{name}.arrow"), new_fingerprint=f"windows-{name}-{uuid.uuid4().hex}",
+        cache_file_name=str(work / f"windows-{name}.arrow"), new_fingerprint=f"windows-{uuid.uuid4().hex[:24]}",
         desc=f"windows {name}", **common).with_format(None)
     return patients, windows
 

@@ -146,7 +146,7 @@ def test_vocab_from_reuses_vocabulary_and_prefixes(tmp_path, capsys, demo_defaul
 def test_parallel_map_gives_identical_datasets(tmp_path, demo_default, mimic_demo_hosp):
     out = tmp_path / "parallel"
     assert main(["--mimic", str(mimic_demo_hosp), "--out", str(out), "--max-len", "48", "--num-proc", "2",
-                 "--batch-size", "8", "--no-progress"]) == 0
+                 "--batch-size", "4", "--no-progress"]) == 0
     for split in SPLITS:
         assert datadir.load_patients(out, split).to_list() == datadir.load_patients(demo_default, split).to_list()
         assert datadir.load_windows(out, split).to_list() == datadir.load_windows(demo_default, split).to_list()
