@@ -127,8 +127,14 @@ def read_meds(root: str | Path) -> RawRecords:
     handled = np.zeros(data.num_rows, bool)
     dropped: dict[str, int] = {}
 
+    # Codes repeat massively (millions of rows, thousands of distinct codes): classify and parse each distinct
+    # code once, then index rows by their dictionary position.
+    encoded = pc.dictionary_encode(code)
+    code_index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    distinct_codes = encoded.dictionary
+
     def mask_prefix(prefix: str) -> np.ndarray:
-        return pc.starts_with(code, prefix).to_numpy(zero_copy_only=False)
+        return pc.starts_with(distinct_codes, prefix).to_numpy(zero_copy_only=False)[code_index]
 
     def locate(index: int) -> tuple[Path, int]:
         return files[file_of_row[index]], int(row_in_file[index])
@@ -149,28 +155,30 @@ def read_meds(root: str | Path) -> RawRecords:
         handled[rows] = True
         if not len(rows):
             continue
-        parsed = pc.extract_regex(code.take(pa.array(rows)), ICD_PATTERNS[kind])
-        ok = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
-        bad = first_false(ok)
+        parsed = pc.extract_regex(distinct_codes, ICD_PATTERNS[kind])   # per distinct code; null = no match
+        row_code = code_index[rows]
+        bad = first_false(pc.is_valid(parsed).to_numpy(zero_copy_only=False)[row_code])
         if bad is not None:
             path, row = locate(rows[bad])
             raise PrepareError(path, f"malformed ICD code {code[rows[bad]].as_py()!r} (expected "
                                      f"{ICD_PREFIXES[kind]}<9|10>//<code>)", column=MEDS_CODE, row=row)
-        version = parsed.field("version")
-        bad = first_false(pc.is_in(version, value_set=pa.array(["9", "10"])))
+        version = pc.fill_null(parsed.field("version"), "")
+        known = pc.is_in(version, value_set=pa.array(["9", "10"])).to_numpy(zero_copy_only=False)
+        bad = first_false(known[row_code])
         if bad is not None:
             path, row = locate(rows[bad])
-            raise PrepareError(path, f"unknown ICD version {version[bad].as_py()!r} in {code[rows[bad]].as_py()!r} "
-                                     "(expected 9 or 10)", column=MEDS_CODE, row=row)
-        kinds[kind] = (rows, np.where(pc.equal(version, "9").to_numpy(zero_copy_only=False), 0, 1).astype(np.int8),
-                       parsed.field("value"))
+            raise PrepareError(path, f"unknown ICD version {version[row_code[bad]].as_py()!r} in "
+                                     f"{code[rows[bad]].as_py()!r} (expected 9 or 10)", column=MEDS_CODE, row=row)
+        is_nine = pc.equal(version, "9").to_numpy(zero_copy_only=False)
+        kinds[kind] = (rows, np.where(is_nine[row_code], 0, 1).astype(np.int8),
+                       parsed.field("value").take(pa.array(row_code)))
     cpt_mask = np.zeros(data.num_rows, bool)
     for prefix in CPT_PREFIXES_MEDS:
         cpt_mask |= mask_prefix(prefix)
     handled |= cpt_mask
     cpt_rows = np.flatnonzero(cpt_mask)
-    cpt_values = pc.extract_regex(code.take(pa.array(cpt_rows)), r"^[A-Z]+//(?P<value>.*)$").field("value")
-    kinds[KIND_CPT] = (cpt_rows, None, cpt_values)
+    cpt_values = pc.extract_regex(distinct_codes, r"^[A-Z]+//(?P<value>.*)$").field("value")
+    kinds[KIND_CPT] = (cpt_rows, None, cpt_values.take(pa.array(code_index[cpt_rows])))
 
     # code rows without a time belong to no visit: dropped, counted
     visit_rows = np.zeros(data.num_rows, bool)
@@ -198,7 +206,7 @@ def read_meds(root: str | Path) -> RawRecords:
                                   schema=VISITS_SCHEMA)
 
     # ---- demographics ----
-    birth = np.flatnonzero(pc.equal(code, BIRTH_CODE).to_numpy(zero_copy_only=False) & has_time)
+    birth = np.flatnonzero(pc.equal(distinct_codes, BIRTH_CODE).to_numpy(zero_copy_only=False)[code_index] & has_time)
     handled[birth] = True
     birth_time = time.take(pa.array(birth))
     birth_year = pc.cast(pc.year(birth_time), pa.string())
