@@ -6,7 +6,7 @@ whole patients and returns one, so all work inside is vectorised over the batch'
 Windows policy: a timeline of at most max_len tokens is one window. A longer one is cut on visit boundaries:
 every window starts with the patient's <bos> + demographics prefix and is filled with as many WHOLE visits as fit
 (the <eor> travels with the last visit); a single visit longer than max_len - prefix_len is split at token
-boundaries over consecutive windows (counted as `visits_split`). Windows never span two patients.
+boundaries over consecutive windows (counted in the report as `oversize_visits_split`). Windows never span two patients.
 """
 from __future__ import annotations
 
