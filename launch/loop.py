@@ -1,6 +1,7 @@
 """The training loop, layered train() -> train_step() -> forward_backward_step(), plus evaluate()."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 from sparseehr.launch import checkpoint as ckpt
 from sparseehr.launch.config import TrainConfig
 from sparseehr.launch.data import IGNORE_INDEX, validation_batches
-from sparseehr.launch.metrics import (MetricsWriter, expert_load_fractions, expert_load_std, peak_tflops,
-                                      read_metrics)
+from sparseehr.launch.metrics import (METRICS_FILE, MetricsWriter, expert_load_fractions, expert_load_std,
+                                      peak_tflops, read_metrics)
 from sparseehr.launch.context import RunContext, TrainingError, prepare_run  # noqa: F401  (re-exported)
 
 
@@ -95,16 +96,19 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
     engine, loader, state = ctx.engine, ctx.loader, ctx.state
     val_batches = validation_batches(ctx.val_dataset, ctx.seq_len, cfg.micro_batch_size, ctx.rank, ctx.world_size,
                                      ctx.pad_id, cfg.eval_max_rows) if ctx.val_dataset is not None else []
-    writer = MetricsWriter(cfg.out_dir, ctx.rank == 0 and not eval_only, ctx.total_steps, state["step"])
     if eval_only:
+        if not val_batches:
+            raise TrainingError(f"--eval-only: the validation split of {cfg.data_dir} has no windows")
         val_loss, val_ppl = evaluate(engine, val_batches)
         record = {"step": state["step"], "val_loss": val_loss, "val_ppl": val_ppl, "eval_only": True}
         if ctx.rank == 0:
             print(f"[sparseehr] eval-only: val_loss={val_loss:.6f} val_ppl={val_ppl:.4f}", flush=True)
             Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-            MetricsWriter(cfg.out_dir, True, 0, 0).write(record)
+            with (Path(cfg.out_dir) / METRICS_FILE).open("a") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
         return record
 
+    writer = MetricsWriter(cfg.out_dir, ctx.rank == 0, ctx.total_steps, state["step"])
     flops_per_token = ctx.flops_per_token
     peak, peak_source = peak_tflops(cfg.peak_tflops)
     if ctx.rank == 0:
@@ -181,8 +185,6 @@ def save(engine, cfg: TrainConfig, ctx: RunContext, state: dict[str, Any], loade
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:
     """Drop records logged after the checkpoint we resume from, so metrics.jsonl has one record per step."""
-    import json
-
     path = Path(run_dir) / "metrics.jsonl"
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
     tmp = path.with_suffix(".jsonl.tmp")
