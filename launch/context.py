@@ -179,9 +179,11 @@ def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
         restore(ctx, run_dir, resume_tag, load_optimizer=not eval_only)
     elif rank == 0 and not eval_only:
         write_run_files(cfg, run_dir, ds_config, ep_size, seq_len, model_config, tokenizer)
-    if cfg.resume and resume_tag is None and rank == 0:
-        print(f"[sparseehr] --resume: no checkpoint in {run_dir}, starting from step 0", flush=True)
-        write_run_files(cfg, run_dir, ds_config, ep_size, seq_len, model_config, tokenizer)
+        if cfg.resume:  # e.g. a requeued job whose first attempt died before its first checkpoint
+            print(f"[sparseehr] --resume: no checkpoint in {run_dir}, starting from step 0", flush=True)
+            from sparseehr.launch.loop import truncate_metrics
+
+            truncate_metrics(run_dir, 0)
     return ctx
 
 

@@ -116,7 +116,6 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
               f"steps {state['step']}->{ctx.total_steps}, peak {peak:.3g} TFLOPs/rank ({peak_source})", flush=True)
     preemption = ckpt.PreemptionFlag().install()
     record: dict[str, Any] = {}
-    last_saved = state["step"] if ctx.resumed else -1
     try:
         while state["step"] < ctx.total_steps:
             started = time.perf_counter()
@@ -152,14 +151,11 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
             preempted = summary[4].item() > 0
             if preempted or is_last or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0):
                 save(engine, cfg, ctx, state, loader)
-                last_saved = step
             if preempted:
                 if ctx.rank == 0:
                     print(f"[sparseehr] {preemption.signal_name or 'signal on another rank'}: checkpointed at step "
                           f"{step}; continue with --resume", flush=True)
                 break
-        if last_saved != state["step"]:
-            save(engine, cfg, ctx, state, loader)  # e.g. resumed at the final step: leave a checkpoint anyway
     finally:
         preemption.uninstall()
         writer.close()
