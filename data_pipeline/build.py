@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -19,8 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparseehr.data_pipeline.errors import PrepareError
-from sparseehr.data_pipeline.gems import load_dx_gem, load_px_gem
-from sparseehr.data_pipeline.harmonize import HarmonizationSettings, harmonize, icd10cm_categories, settings_record
+from sparseehr.data_pipeline.harmonize import HarmonizationSettings, harmonize, settings_record
 from sparseehr.data_pipeline.readers.common import RawRecords
 from sparseehr.data_pipeline.schema import (
     CODE_COUNTS_FILE, COL_VISIT_DX_CODES, DATA_PATIENTS_DIR, DATA_TOKENIZER_DIR, DATA_WINDOWS_DIR,
@@ -79,15 +77,6 @@ def _read(config: PrepareConfig) -> RawRecords:
         return read_mimic(config.mimic)
     from sparseehr.data_pipeline.readers.meds import read_meds
     return read_meds(config.meds)
-
-
-def _load_references(settings: HarmonizationSettings) -> None:
-    try:
-        load_dx_gem(settings.dx_gem_path)
-        load_px_gem(settings.px_gem_path)
-        icd10cm_categories()
-    except Exception:  # noqa: BLE001 - harmonize() loads them again and reports the error where it belongs
-        pass
 
 
 def resolve_tokenizer_dir(path: str | Path) -> Path:
@@ -176,12 +165,7 @@ def prepare(config: PrepareConfig) -> dict:
         work = tmp / "_work"
         work.mkdir()
         steps.set_postfix_str("read")
-        # Parse the GEMs and the category list (pure Python, ~1 s) while pyarrow reads the raw tables (which
-        # releases the GIL); harmonize() then finds them in the lru_caches.
-        prefetch = threading.Thread(target=_load_references, args=(config.harmonization,), daemon=True)
-        prefetch.start()
         records = _read(config)
-        prefetch.join()
         step_done("read")
 
         steps.set_postfix_str("harmonize")
