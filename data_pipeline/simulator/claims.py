@@ -49,10 +49,10 @@ class ClaimsSettings:
     base_visits_per_year: float = 1.6
     visits_per_condition: float = 0.6       # extra visits per year per chronic condition present at enrolment
     max_years: float = 8.0
-    followup_weight: float = 2.5            # weight of a routine follow-up against the acute reasons
-    wellness_share: float = 0.15            # of non-acute visits
-    personal_tail_mean: float = 1.0
-    personal_recur: float = 0.2
+    followup_weight: float = 4.0            # weight of a routine follow-up against the acute reasons
+    wellness_share: float = 0.08            # of non-acute visits
+    personal_tail_mean: float = 2.0
+    personal_recur: float = 0.4
     noise_dx_mean: float = 0.35
 
     def __post_init__(self) -> None:
@@ -129,7 +129,7 @@ class ClaimsChunkWriter:
         visit_kind = np.where(episode >= 0, kinds.index(clinical.VISIT_ACUTE),
                               np.where(wellness, kinds.index(clinical.VISIT_WELLNESS),
                                        kinds.index(clinical.VISIT_FOLLOWUP)))
-        coding_scale = np.array([1.0, 0.6, 0.35, 1.0])[visit_kind]
+        coding_scale = np.array([1.2, 0.7, 0.6, 1.0])[visit_kind]
         feats = engine.feature_matrix(active, episode, visit_kind)
 
         # ---- diagnoses and CPT -------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ class MimicSettings:
     los_median_days: float = 4.5
     personal_tail_mean: float = 3.0         # recurring minor codes per patient
     personal_recur: float = 0.55
-    noise_dx_mean: float = 4.5              # one-off tail diagnoses per admission (times severity)
+    noise_dx_mean: float = 3.5              # one-off tail diagnoses per admission (times severity)
     noise_px_mean: float = 1.6              # tail procedures per admission (times severity)
     chronic_coding: float = 1.0             # multiplies the chronic-code probabilities of clinical.DX_ROWS
 
