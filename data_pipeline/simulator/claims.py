@@ -49,7 +49,7 @@ class ClaimsSettings:
     base_visits_per_year: float = 1.6
     visits_per_condition: float = 0.6       # extra visits per year per chronic condition present at enrolment
     max_years: float = 8.0
-    followup_weight: float = 4.0            # weight of a routine follow-up against the acute reasons
+    followup_weight: float = 9.0            # weight of a routine follow-up against the acute reasons
     wellness_share: float = 0.08            # of non-acute visits
     personal_tail_mean: float = 2.0
     personal_recur: float = 0.4
