@@ -160,3 +160,22 @@ def test_compare_to_reports_the_demo_figures(mimic_out: Path, mimic_demo_hosp: P
     assert "| admissions per patient, mean |" in out and "2.75" in out
     assert os.path.isdir(mimic_out / "hosp")
     assert np.isfinite(hosp_figures(mimic_out / "hosp")["gap between admissions (days), p50"])
+
+
+def test_a_failure_midway_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+    from sparseehr.data_pipeline.simulator import mimic
+
+    calls = []
+
+    def fail_on_second_chunk(self, rng, first_index, n):
+        calls.append(first_index)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return original(self, rng, first_index, n)
+
+    original = mimic.MimicChunkWriter.write_chunk
+    monkeypatch.setattr(mimic.MimicChunkWriter, "write_chunk", fail_on_second_chunk)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate("mimic", 20, seed=0, out=tmp_path / "m", chunk_size=10)
+    assert calls == [0, 10]
+    assert list(tmp_path.iterdir()) == []
