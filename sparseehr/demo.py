@@ -48,12 +48,12 @@ class DemoConfig:
     mimic_patients: int = 2000
     seed: int = 0
     max_len: int = 256
-    max_steps: int = 600
+    max_steps: int = 1200
     micro_batch: int = 16
     lr: float = 3e-3
     ranks: int = 1
     ep_size: int = 1
-    eval_patients: int = 1000
+    eval_patients: int | None = None
     step_limit: int = 24
     mimic_demo: Path | None = None
     resume: bool = False
@@ -63,7 +63,7 @@ class DemoConfig:
         self.out = Path(self.out)
         for name in ("claims_patients", "mimic_patients", "max_len", "max_steps", "micro_batch", "ranks",
                      "ep_size", "eval_patients", "step_limit"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.ep_size > 1 and (self.ranks % self.ep_size or EP_DIVIDES % self.ep_size):
             raise ValueError(f"--ep-size {self.ep_size} must divide --ranks {self.ranks} and the {EP_DIVIDES} experts")
@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
     parser.add_argument("--ranks", type=int, default=defaults.ranks, help="training processes (deepspeed launcher)")
     parser.add_argument("--ep-size", type=int, default=defaults.ep_size, help="expert-parallel size")
     parser.add_argument("--eval-patients", type=int, default=defaults.eval_patients,
-                        help="patients per split evaluated on the synthetic target (seeded subset)")
+                        help="evaluate a seeded subset of this many patients per split of the synthetic target "
+                             "(default: all)")
     parser.add_argument("--step-limit", type=int, default=defaults.step_limit, help="rollout tokens per visit")
     parser.add_argument("--mimic-demo", type=Path, default=None,
                         help="real MIMIC-IV hosp folder (default: ../shared/data/mimic-iv-demo-2.2/hosp)")
@@ -155,7 +156,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     reports: dict[str, dict[str, Path]] = {}
     for target, data_dir in targets.items():
         # Zero-shot: the model never saw any split of a target, so all splits are pooled (docs/eval.md).
-        subset = ["--max-patients", str(cfg.eval_patients)] if target == TARGET_SYNTH else []
+        subset = ["--max-patients", str(cfg.eval_patients)] if target == TARGET_SYNTH and cfg.eval_patients else []
         next_visit_dir = out / "eval" / target / "next-visit"
         screening_dir = out / "eval" / target / "screening"
         routing_dir = out / "eval" / target / "routing"
