@@ -4,6 +4,8 @@
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= runs/demo
+# --resume: a second `make demo` continues (or re-prints) the same job; DEMO_ARGS=--overwrite starts over.
+DEMO_ARGS ?= --resume
 
 .PHONY: setup test demo
 
@@ -15,4 +17,4 @@ test: setup
 	DS_ACCELERATOR=cpu $(PYTHON) -m pytest -q
 
 demo: setup
-	DS_ACCELERATOR=cpu $(PYTHON) -m sparseehr demo --out $(DEMO_OUT)
+	DS_ACCELERATOR=cpu $(PYTHON) -m sparseehr demo --out $(DEMO_OUT) $(DEMO_ARGS)
