@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from . import clinical, engine
 from .codes import CodeBook
-from .mimic import truth_patients_schema, truth_patients_table
+from .mimic import truth_patients_schema, truth_patients_table, truth_visit_lists
 from .writers import ParquetStream
 
 US_PER_DAY = 86_400_000_000
@@ -200,13 +200,7 @@ class ClaimsChunkWriter:
                 pq.write_table(table.take(rows), path, compression="zstd")
 
     def _write_truth(self, subject, day, visit_kind, episode, active, dx_visit, dx_code) -> None:
-        offsets = np.searchsorted(dx_visit, np.arange(subject.size + 1))
-        codes = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
-                                         pa.array(self.book.dx_icd10[dx_code], pa.string()))
-        cv, cc = np.nonzero(active)
-        cond_offsets = np.searchsorted(cv, np.arange(subject.size + 1))
-        conds = pa.ListArray.from_arrays(pa.array(cond_offsets, pa.int32()),
-                                         pa.array(np.array(clinical.CONDITION_NAMES, dtype=object)[cc], pa.string()))
+        codes, conds = truth_visit_lists(self.book, subject.size, active, dx_visit, dx_code)
         episode_names = np.array(clinical.EPISODE_NAMES + ("",), dtype=object)   # -1 -> ""
         kinds = np.array(clinical.VISIT_KINDS, dtype=object)
         self.truth_visits.write(pa.table([

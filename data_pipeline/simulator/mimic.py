@@ -302,17 +302,23 @@ class MimicChunkWriter:
             pa.array(_CPT_DESCRIPTIONS[cpt_row], pa.string())], schema=HCPCS_SCHEMA))
 
     def _write_truth(self, subject, hadm_id, admit_shifted, icd_version, episode, active, dx_visit, dx_code):
-        offsets = np.searchsorted(dx_visit, np.arange(subject.size + 1))
-        codes = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
-                                         pa.array(self.book.dx_icd10[dx_code], pa.string()))
-        cv, cc = np.nonzero(active)
-        cond_offsets = np.searchsorted(cv, np.arange(subject.size + 1))
-        conds = pa.ListArray.from_arrays(pa.array(cond_offsets, pa.int32()),
-                                         pa.array(np.array(clinical.CONDITION_NAMES, dtype=object)[cc], pa.string()))
+        codes, conds = truth_visit_lists(self.book, subject.size, active, dx_visit, dx_code)
         names = np.array(clinical.EPISODE_NAMES, dtype=object)
         self.truth_visits.write(pa.table([subject, hadm_id, pa.array(admit_shifted, pa.timestamp("s")),
                                           icd_version.astype(np.int64), pa.array(names[episode], pa.string()),
                                           codes, conds], schema=TRUTH_VISITS_SCHEMA))
+
+
+def truth_visit_lists(book: CodeBook, n_visits: int, active: np.ndarray, dx_visit: np.ndarray,
+                      dx_code: np.ndarray) -> tuple[pa.ListArray, pa.ListArray]:
+    """Per visit: the true ICD-10 codes (entries grouped by visit) and the names of the active conditions."""
+    offsets = np.searchsorted(dx_visit, np.arange(n_visits + 1))
+    codes = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(book.dx_icd10[dx_code], pa.string()))
+    cv, cc = np.nonzero(active)
+    cond_offsets = np.searchsorted(cv, np.arange(n_visits + 1))
+    conds = pa.ListArray.from_arrays(pa.array(cond_offsets, pa.int32()),
+                                     pa.array(np.array(clinical.CONDITION_NAMES, dtype=object)[cc], pa.string()))
+    return codes, conds
 
 
 def _seq_num(visit: np.ndarray) -> np.ndarray:
