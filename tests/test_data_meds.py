@@ -133,3 +133,13 @@ def test_subject_splits_are_honoured(tmp_path):
     got = {split: sorted(datadir.load_patients(tmp_path / "out", split)["subject_id"]) for split in SPLITS}
     assert got == {"train": [1, 2, 6], "validation": [3], "test": [4, 5]}
     assert datadir.read_prepare_report(tmp_path / "out")["split_source"] == "meds"
+
+
+def test_a_subject_splits_row_without_a_split_names_file_column_and_row(tmp_path, capsys):
+    rows = [(subject, datetime(2020, 1, subject), "DIAGNOSIS//ICD//10//I10") for subject in (1, 2, 3)]
+    meds = _write_meds(tmp_path / "meds", rows, {1: "train", 2: None, 3: "held_out"})
+    out = tmp_path / "out"
+    assert main(["--meds", str(meds), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "subject_splits.parquet" in err and "split" in err and "row" in err
+    assert not out.exists()

@@ -146,7 +146,7 @@ def _bad_value_index(values: pa.Array, target: pa.DataType) -> int | None:
 def read_table(path: Path, columns: dict[str, pa.DataType], not_null: tuple[str, ...] = ()) -> pa.Table:
     """Read `columns` (name -> type) of a CSV(.gz) or parquet file; every error names file, column and row."""
     if path.suffix == ".parquet":
-        return _read_parquet(path, columns, not_null)
+        return read_parquet_columns(path, columns, not_null)
     header = _csv_header(path)
     for name in columns:
         if name not in header:
@@ -180,7 +180,8 @@ def _raise_located(path: Path, columns: dict[str, pa.DataType], exc: Exception) 
     raise PrepareError(path, f"cannot read ({exc})") from exc
 
 
-def _read_parquet(path: Path, columns: dict[str, pa.DataType], not_null: tuple[str, ...]) -> pa.Table:
+def read_parquet_columns(path: Path, columns: dict[str, pa.DataType], not_null: tuple[str, ...]) -> pa.Table:
+    """The named columns of a parquet file cast to their types; errors name the file, column and row."""
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:

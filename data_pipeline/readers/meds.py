@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from sparseehr.data_pipeline.errors import PrepareError
 from sparseehr.data_pipeline.readers.common import (
-    TIME_TYPE, VISITS_SCHEMA, RawRecords, first_false, make_events,
+    TIME_TYPE, VISITS_SCHEMA, RawRecords, first_false, make_events, read_parquet_columns,
 )
 from sparseehr.data_pipeline.schema import (
     KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX, SUBJECT_ID, SYSTEM_BIRTH, SYSTEM_CPT, SYSTEM_REGION, SYSTEM_SEX,
@@ -86,7 +86,8 @@ def _read_splits(root: Path) -> pa.Table | None:
     path = root / "metadata" / "subject_splits.parquet"
     if not path.is_file():
         return None
-    table = _read_parquet_columns(path, {MEDS_SUBJECT: pa.int64(), MEDS_SPLIT_COLUMN: pa.string()})
+    table = read_parquet_columns(path, {MEDS_SUBJECT: pa.int64(), MEDS_SPLIT_COLUMN: pa.string()},
+                                 not_null=(MEDS_SUBJECT, MEDS_SPLIT_COLUMN))
     ok = pc.is_in(table[MEDS_SPLIT_COLUMN], value_set=pa.array(list(SPLIT_NAMES)))
     bad = first_false(ok)
     if bad is not None:
@@ -96,15 +97,6 @@ def _read_splits(root: Path) -> pa.Table | None:
     return pa.table({SUBJECT_ID: table[MEDS_SUBJECT], MEDS_SPLIT_COLUMN: names})
 
 
-def _read_parquet_columns(path: Path, columns: dict[str, pa.DataType]) -> pa.Table:
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise PrepareError(path, f"cannot read parquet ({exc})") from exc
-    for name in columns:
-        if name not in table.column_names:
-            raise PrepareError(path, f"required column is missing (file has {table.column_names})", column=name)
-    return pa.table({name: table[name].cast(kind) for name, kind in columns.items()})
 
 
 def read_meds(root: str | Path) -> RawRecords:
