@@ -179,3 +179,35 @@ def test_a_failure_midway_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> 
         generate("mimic", 20, seed=0, out=tmp_path / "m", chunk_size=10)
     assert calls == [0, 10]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recurrence_figures_count_repeated_categories_within_one_icd_version() -> None:
+    import pyarrow as pa
+
+    from sparseehr.data_pipeline.simulator.compare import recurrence_figures
+
+    # patient 1: adm 11 {I10, E11} -> adm 12 {I10, J18, K21} -> adm 13 {E11, J18}  (ICD-10, full codes sliced to 3)
+    # patient 2: adm 21 ICD-9 {401} -> adm 22 ICD-10 {I10}: a pair across the switch is left out
+    subject = np.array([1, 1, 1, 2, 2])
+    hadm = np.array([12, 11, 13, 21, 22])
+    admit = np.array([200, 100, 300, 100, 200])                    # admission order differs from row order
+    dx = pa.table({"hadm_id": [11, 11, 12, 12, 12, 13, 13, 21, 22],
+                   "icd_code": ["I10", "E119", "I10", "J189", "K219", "E118", "J18", "4019", "I10"],
+                   "icd_version": [10, 10, 10, 10, 10, 10, 10, 9, 10]})
+    figures = recurrence_figures(subject, hadm, admit, dx)
+    # pairs (11 -> 12): next 1/3 seen at previous, 1/3 at any earlier, previous 1/2 coded again
+    #       (12 -> 13): next 1/2 (J18) at previous, 2/2 (E11 from adm 11, J18) earlier, previous 1/3 again
+    assert figures["next admission's dx categories seen at the previous one, share"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert figures["next admission's dx categories seen at any earlier one, share"] == pytest.approx((1 / 3 + 1) / 2)
+    assert figures["previous admission's dx categories coded again, share"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+
+
+def test_recurrence_between_admissions_is_within_tolerance_of_the_real_demo(mimic_out: Path,
+                                                                             mimic_demo_hosp: Path) -> None:
+    # What the history baseline feeds on: too little recurrence makes transfer look easy, too much makes it trivial.
+    from sparseehr.data_pipeline.simulator.compare import TOLERANCE, hosp_figures
+
+    ours, real = hosp_figures(mimic_out / "hosp"), hosp_figures(mimic_demo_hosp)
+    for name in real:
+        if "categories seen at" in name or "coded again" in name:
+            assert 1 / TOLERANCE <= ours[name] / real[name] <= TOLERANCE, (name, ours[name], real[name])

@@ -51,8 +51,8 @@ class ClaimsSettings:
     max_years: float = 8.0
     followup_weight: float = 9.0            # weight of a routine follow-up against the acute reasons
     wellness_share: float = 0.08            # of non-acute visits
-    personal_tail_mean: float = 2.0
-    personal_recur: float = 0.4
+    personal_tail_mean: float = 6.0         # latent minor conditions (engine.personal_tail_means), as in mimic
+    personal_recur: float = 0.3             # an outpatient visit codes few of them
     noise_dx_mean: float = 0.35
 
     def __post_init__(self) -> None:
@@ -134,7 +134,7 @@ class ClaimsChunkWriter:
 
         # ---- diagnoses and CPT -------------------------------------------------------------------------------------
         v_rows, r_rows = engine.emit(rng, feats, self.dx_table, scale=coding_scale)
-        personal = engine.personal_tail(rng, book, n, np.full(n, s.personal_tail_mean))
+        personal = engine.personal_tail(rng, book, n, engine.personal_tail_means(s.personal_tail_mean, age0))
         v_tail, c_tail, p_tail = engine.tail_entries(rng, book, patient, personal, s.personal_recur,
                                                      np.full(n_visits, s.noise_dx_mean))
         has_ep = np.flatnonzero(episode >= 0)

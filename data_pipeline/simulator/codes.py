@@ -25,6 +25,10 @@ ICD10_TAIL_SIZE = 6000          # distinct tail diagnoses in play (the real demo
 PCS_TAIL_SIZE = 1500
 TAIL_CODES_PER_CATEGORY = 3
 TAIL_ZIPF_EXPONENT = 0.6
+# A patient's recurring minor conditions are common ones (hypothyroidism, GERD, history-of codes ...): drawn from the
+# same tail, far more concentrated on its head. Matches the real demo, where most codes that recur between
+# admissions come from the commonest categories (docs/simulator.md).
+PERSONAL_ZIPF_EXPONENT = 1.1
 
 
 def _data_file(*parts: str) -> str:
@@ -90,7 +94,8 @@ class CodeBook:
     dx_icd9_id: np.ndarray     # int32: dx id -> index into icd9_codes (dedup of ICD-9 strings)
     icd9_codes: np.ndarray     # object array of distinct ICD-9-CM strings
     n_named_dx: int
-    tail_cdf: np.ndarray       # Zipf CDF over the tail dx ids (offset by n_named_dx)
+    tail_cdf: np.ndarray       # Zipf CDF over the tail dx ids (offset by n_named_dx): one-off codes
+    personal_cdf: np.ndarray   # steeper Zipf CDF over the same ids: a patient's recurring minor conditions
     pcs_codes: np.ndarray      # object: ICD-10-PCS by procedure id (named pairs first, then the tail)
     icd9_px_codes: np.ndarray  # object: the ICD-9-CM vol. 3 code paired with pcs_codes (its GEM source)
     n_named_px: int
@@ -144,6 +149,7 @@ def build_codebook() -> CodeBook:
         icd9_codes=icd9_codes.astype(object),
         n_named_dx=len(named),
         tail_cdf=zipf_cdf(len(tail), TAIL_ZIPF_EXPONENT),
+        personal_cdf=zipf_cdf(len(tail), PERSONAL_ZIPF_EXPONENT),
         pcs_codes=np.array([p for p, _ in named_px + px_tail], dtype=object),
         icd9_px_codes=np.array([i for _, i in named_px + px_tail], dtype=object),
         n_named_px=len(named_px),

@@ -65,10 +65,43 @@ def hosp_figures(hosp: Path) -> dict[str, float]:
         "gap between admissions (days), mean": gaps.mean() if gaps.size else float("nan"),
         "length of stay (days), mean": ((disch - admit) / day).mean(),
         "top-20 ICD-10 categories, share of ICD-10 codes": cat_counts[top[:20]].sum() / max(cat_counts.sum(), 1),
+        **recurrence_figures(subject, hadm, admit, dx),
     }
     figures = {k: float(v) for k, v in figures.items()}
     figures["_top_categories"] = [str(c) for c in cats[top[:20]]]          # type: ignore[assignment]
     return figures
+
+
+def recurrence_figures(subject: np.ndarray, hadm: np.ndarray, admit: np.ndarray, dx) -> dict[str, float]:
+    """How much of an admission's coding repeats the patient's earlier admissions: what a history baseline feeds on
+    and a model has to learn to copy. Over consecutive admission pairs coded in the same ICD version, on 3-character
+    categories (the eval's granularity); "earlier" is every earlier admission of the patient (codes compared
+    within one ICD version, so a pair across the ICD-9/10 switch is left out)."""
+    cats = pc.utf8_slice_codeunits(dx["icd_code"], 0, 3).to_numpy(zero_copy_only=False).astype(str)
+    codes_of: dict[int, set[tuple[int, str]]] = {}
+    for h, v, c in zip(dx["hadm_id"].to_numpy().tolist(), dx["icd_version"].to_numpy().tolist(), cats.tolist()):
+        codes_of.setdefault(h, set()).add((v, c))
+    next_in_previous, next_in_earlier, previous_again = [], [], []
+    earlier: set[tuple[int, str]] = set()
+    order = np.lexsort((admit, subject))
+    for prev, nxt in zip(order[:-1].tolist(), order[1:].tolist()):
+        if subject[prev] != subject[nxt]:
+            earlier = set()
+            continue
+        a, b = codes_of.get(int(hadm[prev]), set()), codes_of.get(int(hadm[nxt]), set())
+        earlier |= a
+        if not a or not b or {v for v, _ in a} != {v for v, _ in b}:
+            continue
+        next_in_previous.append(len(b & a) / len(b))
+        next_in_earlier.append(len(b & earlier) / len(b))
+        previous_again.append(len(a & b) / len(a))
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    return {"next admission's dx categories seen at the previous one, share": mean(next_in_previous),
+            "next admission's dx categories seen at any earlier one, share": mean(next_in_earlier),
+            "previous admission's dx categories coded again, share": mean(previous_again)}
 
 
 def compare_table(synthetic: Path, real: Path) -> tuple[str, bool]:

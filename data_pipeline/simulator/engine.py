@@ -211,11 +211,17 @@ def order_and_dedup(visit: np.ndarray, priority: np.ndarray, code: np.ndarray, n
     return (visit[keep], code[keep]) + tuple(e[order][keep] for e in extra)
 
 
+def personal_tail_means(latent_mean: float, age: np.ndarray) -> np.ndarray:
+    """Expected number of a patient's personal recurring minor conditions: a latent property of the patient, the
+    same in both systems (older patients carry more); only how often a visit codes them differs by system."""
+    return latent_mean * (0.5 + age / 80.0)
+
+
 def personal_tail(rng: np.random.Generator, book: CodeBook, n_patients: int, mean_codes: np.ndarray,
                   max_codes: int = 8) -> np.ndarray:
     """[P, max_codes] dx ids of each patient's own recurring minor conditions (-1 = empty slot)."""
     counts = np.minimum(rng.poisson(mean_codes), max_codes)
-    slots = book.n_named_dx + draw_zipf(rng, book.tail_cdf, n_patients * max_codes).reshape(n_patients, max_codes)
+    slots = book.n_named_dx + draw_zipf(rng, book.personal_cdf, n_patients * max_codes).reshape(n_patients, max_codes)
     slots[np.arange(max_codes)[None, :] >= counts[:, None]] = -1
     return slots
 

@@ -78,11 +78,11 @@ class MimicSettings:
     gap_median_days: float = 70.0           # discharge -> next admission, log-normal
     gap_sigma: float = 1.5
     los_median_days: float = 4.5
-    personal_tail_mean: float = 3.0         # recurring minor codes per patient
-    personal_recur: float = 0.55
-    noise_dx_mean: float = 3.5              # one-off tail diagnoses per admission (times severity)
+    personal_tail_mean: float = 6.0         # latent minor conditions (engine.personal_tail_means), as in claims
+    personal_recur: float = 0.7             # an admission codes most of them
+    noise_dx_mean: float = 2.0              # one-off tail diagnoses per admission (times severity)
     noise_px_mean: float = 1.6              # tail procedures per admission (times severity)
-    chronic_coding: float = 1.0             # multiplies the chronic-code probabilities of clinical.DX_ROWS
+    chronic_coding: float = 1.3             # multiplies the chronic-code probabilities of clinical.DX_ROWS
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -251,7 +251,7 @@ class MimicChunkWriter:
                               clinical.VISIT_KINDS.index(clinical.VISIT_ACUTE))
         feats = engine.feature_matrix(active, episode, visit_kind)
         v_rows, r_rows = engine.emit(rng, feats, self.dx_table, scale=np.full(n_visits, s.chronic_coding))
-        personal = engine.personal_tail(rng, book, n, s.personal_tail_mean * (0.5 + age0 / 80))
+        personal = engine.personal_tail(rng, book, n, engine.personal_tail_means(s.personal_tail_mean, age0))
         v_tail, c_tail, p_tail = engine.tail_entries(rng, book, patient, personal, s.personal_recur,
                                                      s.noise_dx_mean * severity * rng.gamma(2.0, 0.5, size=n_visits))
         dx_visit = np.concatenate([np.arange(n_visits), v_rows, v_tail])
