@@ -201,6 +201,23 @@ def next_visit_markdown(report: dict, ks: Sequence[int]) -> str:
             ["K", "overall", f"rare (n={rare['n_instances']})", f"common (n={common['n_instances']})"],
             [[k, block["recall_at_k"][str(k)], rare["recall_at_k"][str(k)], common["recall_at_k"][str(k)]]
              for k in ks]), ""]
+    lines += ["## Codes the patient already had vs new codes", "",
+              "Micro recall (hits / target codes) on the target codes seen at an earlier visit of the patient and on "
+              "the rest: the first is what copying the history reaches, the second what only a model of how "
+              "conditions evolve reaches.", ""]
+    rows = []
+    for name, block in systems.items():
+        split = block.get("history_split")
+        if split:
+            rows.append([name] + [split[part]["recall_at_k_micro"][str(k)] for part in ("in_history", "new")
+                                  for k in ks if k in (10, 20)])
+    if rows:
+        first = next(iter(systems.values()))["history_split"]
+        heads = [f"{label} R@{k}" for part, label in (("in_history", "seen"), ("new", "new")) for k in ks
+                 if k in (10, 20)]
+        lines += [markdown_table(["system"] + heads, rows), "",
+                  f"Target codes seen before: {first['in_history']['n_target_codes']}; new: "
+                  f"{first['new']['n_target_codes']}.", ""]
     lines += [f"![Recall@K]({RECALL_PLOT})", ""]
     return "\n".join(lines)
 

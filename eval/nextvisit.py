@@ -21,19 +21,30 @@ def _subset_recall(instances: Sequence[Instance], rankings: Sequence[Ranking], k
                    keep: Collection[str], keep_is_member: bool) -> dict:
     """Recall@K restricted to target codes in (or, with keep_is_member False, outside) `keep`; instances whose
     restricted target set is empty are left out of that subset's mean."""
-    restricted_rankings, restricted_targets = [], []
-    for inst, ranking in zip(instances, rankings):
-        targets = {code for code in inst.targets if (code in keep) == keep_is_member}
-        if targets:
-            restricted_rankings.append(ranking.top_codes)
-            restricted_targets.append(targets)
-    if not restricted_targets:
+    return _restricted_recall(rankings, ks, [{code for code in inst.targets if (code in keep) == keep_is_member}
+                                             for inst in instances])
+
+
+def _restricted_recall(rankings: Sequence[Ranking], ks: Sequence[int], targets: Sequence[set[str]]) -> dict:
+    """Recall@K of each ranking against its own restricted target set (empty sets are left out)."""
+    pairs = [(ranking.top_codes, kept) for ranking, kept in zip(rankings, targets) if kept]
+    if not pairs:
         return {"n_instances": 0, "n_target_codes": 0, "recall_at_k": _by_k(ks, np.full(len(ks), np.nan)),
                 "recall_at_k_micro": _by_k(ks, np.full(len(ks), np.nan))}
-    hits, sizes = recall_matrix(restricted_rankings, restricted_targets, ks)
-    return {"n_instances": len(restricted_targets), "n_target_codes": int(sizes.sum()),
+    hits, sizes = recall_matrix([p[0] for p in pairs], [p[1] for p in pairs], ks)
+    return {"n_instances": len(pairs), "n_target_codes": int(sizes.sum()),
             "recall_at_k": _by_k(ks, mean_recall(hits, sizes)),
             "recall_at_k_micro": _by_k(ks, micro_recall(hits, sizes))}
+
+
+def history_split(instances: Sequence[Instance], rankings: Sequence[Ranking], ks: Sequence[int]) -> dict:
+    """Recall@K on target codes the patient already had at an earlier visit (what copying the history can reach)
+    and on codes new to the patient (what only a model of how conditions evolve can reach)."""
+    seen = [{code for visit in inst.history_dx_codes for code in visit} for inst in instances]
+    return {
+        "in_history": _restricted_recall(rankings, ks, [set(inst.targets) & s for inst, s in zip(instances, seen)]),
+        "new": _restricted_recall(rankings, ks, [set(inst.targets) - s for inst, s in zip(instances, seen)]),
+    }
 
 
 def evaluate_rankings(instances: Sequence[Instance], rankings: Sequence[Ranking], ks: Sequence[int],
@@ -58,6 +69,7 @@ def evaluate_rankings(instances: Sequence[Instance], rankings: Sequence[Ranking]
             "common": _subset_recall(instances, rankings, ks, common, keep_is_member=True),
             "rare": _subset_recall(instances, rankings, ks, common, keep_is_member=False),
         },
+        "history_split": history_split(instances, rankings, ks),
     }
 
 

@@ -104,3 +104,19 @@ def test_common_codes_cover_the_threshold():
     assert common_codes({"A": 40, "B": 40, "C": 40}, 0.3) == {"A", "B", "C"}   # ties are admitted together
     with pytest.raises(ValueError):
         common_codes(counts, 0.0)
+
+
+def test_history_split_separates_codes_the_patient_already_had():
+    from sparseehr.eval.instances import Instance, PatientRecord
+    from sparseehr.eval.nextvisit import history_split
+    from sparseehr.eval.ranking import Ranking
+
+    # visits: {I10, E11}, {J18}, target {I10, J18, K21, N17}: seen before = {I10, J18}, new = {K21, N17}
+    patient = PatientRecord(7, np.arange(12), 1, np.array([1, 4, 7]), np.array([0, 1, 2]),
+                            (("I10", "E11"), ("J18",), ("I10", "J18", "K21", "N17")))
+    inst = Instance(patient, 2, frozenset({"I10", "J18", "K21", "N17"}))
+    ranking = Ranking(("I10", "K21", "E11", "Z79", "J18"), None, 0.0)
+    split = history_split([inst], [ranking], (2, 5))
+    assert split["in_history"]["n_target_codes"] == 2 and split["new"]["n_target_codes"] == 2
+    assert split["in_history"]["recall_at_k_micro"] == {"2": 0.5, "5": 1.0}     # I10 at rank 1, J18 at rank 5
+    assert split["new"]["recall_at_k_micro"] == {"2": 0.5, "5": 0.5}            # K21 at rank 2, N17 never
