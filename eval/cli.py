@@ -205,19 +205,14 @@ def next_visit_markdown(report: dict, ks: Sequence[int]) -> str:
               "Micro recall (hits / target codes) on the target codes seen at an earlier visit of the patient and on "
               "the rest: the first is what copying the history reaches, the second what only a model of how "
               "conditions evolve reaches.", ""]
-    rows = []
-    for name, block in systems.items():
-        split = block.get("history_split")
-        if split:
-            rows.append([name] + [split[part]["recall_at_k_micro"][str(k)] for part in ("in_history", "new")
-                                  for k in ks if k in (10, 20)])
-    if rows:
-        first = next(iter(systems.values()))["history_split"]
-        heads = [f"{label} R@{k}" for part, label in (("in_history", "seen"), ("new", "new")) for k in ks
-                 if k in (10, 20)]
-        lines += [markdown_table(["system"] + heads, rows), "",
-                  f"Target codes seen before: {first['in_history']['n_target_codes']}; new: "
-                  f"{first['new']['n_target_codes']}.", ""]
+    split_ks = [k for k in ks if k in (10, 20)]
+    parts = (("in_history", "seen"), ("new", "new"))
+    rows = [[name] + [block["history_split"][part]["recall_at_k_micro"][str(k)] for part, _ in parts for k in split_ks]
+            for name, block in systems.items()]
+    counts = report["history_split"]
+    lines += [markdown_table(["system"] + [f"{label} R@{k}" for _, label in parts for k in split_ks], rows), "",
+              f"Target codes seen before: {counts['in_history']['n_target_codes']}; new: "
+              f"{counts['new']['n_target_codes']}.", ""]
     lines += [f"![Recall@K]({RECALL_PLOT})", ""]
     return "\n".join(lines)
 
