@@ -74,7 +74,7 @@ class SparseEHRConfig(PretrainedConfig):
     """
 
     model_type = "sparseehr"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,

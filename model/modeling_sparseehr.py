@@ -21,30 +21,29 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 
 from sparseehr.model.configuration_sparseehr import SparseEHRConfig
+from sparseehr.model.transformers_compat import CACHE_FIELD, CACHE_NAMES, output_cache, resolve_cache_argument
 
 IGNORE_INDEX = -100
 
 
 @dataclass
-class SparseEHRModelOutput(ModelOutput):
-    """Output of [`SparseEHRModel`]: final hidden states plus the MoE bookkeeping."""
+class SparseEHRModelOutput(MoeModelOutputWithPast):
+    """Output of [`SparseEHRModel`]: the library's MoE output (its cache field named as the installed release names
+    it) plus the mean load-balancing loss and the expert counts."""
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
     aux_loss: torch.FloatTensor | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
     expert_counts: torch.LongTensor | None = None
 
 
 @dataclass
-class SparseEHRCausalLMOutput(ModelOutput):
-    """Output of [`SparseEHRForCausalLM`] (MoeCausalLMOutputWithPast style).
+class SparseEHRCausalLMOutput(MoeCausalLMOutputWithPast):
+    """Output of [`SparseEHRForCausalLM`]: transformers' MoeCausalLMOutputWithPast plus two fields.
 
     loss: lm_loss + router_aux_loss_coef * aux_loss, only when labels are given.
+    lm_loss: the next-token loss alone.
     aux_loss: mean over MoE layers of DeepSpeed's load-balancing loss E * sum_e(mean_prob_e * frac_tokens_e),
         computed over non-padding tokens (1.0 = perfectly balanced).
     router_logits: one [B*T, E] fp32 tensor per MoE layer, when `output_router_logits`.
@@ -52,13 +51,7 @@ class SparseEHRCausalLMOutput(ModelOutput):
         when `output_expert_counts`.
     """
 
-    loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
-    aux_loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    router_logits: tuple[torch.FloatTensor, ...] | None = None
     expert_counts: torch.LongTensor | None = None
 
 
@@ -113,15 +106,15 @@ class SparseEHRAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: torch.Tensor | None, is_causal: bool,
-                past_key_values: Cache | None) -> torch.Tensor:
+                cache: Cache | None) -> torch.Tensor:
         batch, seq_len, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(batch, seq_len, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)  # [B, nh|nkv, T, hd]
-        if past_key_values is not None:
+        if cache is not None:
             # The cache stores the nkv heads (GQA's memory saving), before the repeat below.
-            k, v = past_key_values.update(k, v, self.layer_idx)  # [B, nkv, K, hd]
+            k, v = cache.update(k, v, self.layer_idx)  # [B, nkv, K, hd]
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
@@ -246,10 +239,10 @@ class SparseEHRDecoderLayer(nn.Module):
         self.post_attention_layernorm = SparseEHRRMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None, is_causal: bool, past_key_values: Cache | None,
+                attn_mask: torch.Tensor | None, is_causal: bool, cache: Cache | None,
                 token_mask: torch.Tensor | None) -> tuple[torch.Tensor, MoeBlockOutput | None]:
         hidden_states = hidden_states + self.self_attn(self.input_layernorm(hidden_states), cos, sin, attn_mask,
-                                                       is_causal, past_key_values)
+                                                       is_causal, cache)
         normed = self.post_attention_layernorm(hidden_states)
         if self.is_moe:
             moe_out = self.mlp(normed, token_mask)
@@ -262,7 +255,7 @@ class SparseEHRPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = False  # DeepSpeed's random token selection would differ on recompute
     _no_split_modules = ["SparseEHRDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = list(CACHE_NAMES)
     _supports_sdpa = True
 
     @classmethod
@@ -349,14 +342,17 @@ class SparseEHRModel(SparseEHRPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_router_logits: bool | None = None,
         output_expert_counts: bool | None = None,
         output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SparseEHRModelOutput:
+        """`cache` (or its pre-5.24 name `past_key_values`) is the KV cache to extend."""
+        cache = resolve_cache_argument(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("SparseEHRModel.forward: pass exactly one of input_ids or inputs_embeds")
         if use_cache is None:  # a training step never reads its cache back: do not build one by default
@@ -367,9 +363,9 @@ class SparseEHRModel(SparseEHRPreTrainedModel):
             inputs_embeds = self.embed_tokens(input_ids)
         batch, q_len, _ = inputs_embeds.shape
         device = inputs_embeds.device
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        past_len = cache.get_seq_length() if cache is not None else 0
 
         if attention_mask is not None:
             if attention_mask.dim() != 2 or attention_mask.shape != (batch, past_len + q_len):
@@ -399,7 +395,7 @@ class SparseEHRModel(SparseEHRPreTrainedModel):
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden_states)
-            hidden_states, moe_out = layer(hidden_states, cos, sin, attn_mask, is_causal, past_key_values, token_mask)
+            hidden_states, moe_out = layer(hidden_states, cos, sin, attn_mask, is_causal, cache, token_mask)
             if moe_out is not None:
                 moe_outputs.append(moe_out)
         hidden_states = self.norm(hidden_states)
@@ -409,7 +405,7 @@ class SparseEHRModel(SparseEHRPreTrainedModel):
         aux_loss = torch.stack([m.aux_loss for m in moe_outputs]).mean() if moe_outputs else None
         return SparseEHRModelOutput(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_FIELD: cache if use_cache else None},
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             aux_loss=aux_loss,
             router_logits=tuple(m.router_logits for m in moe_outputs) if output_router_logits else None,
@@ -444,7 +440,7 @@ class SparseEHRForCausalLM(SparseEHRPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -453,12 +449,15 @@ class SparseEHRForCausalLM(SparseEHRPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SparseEHRCausalLMOutput:
         """Labels are the input ids (shifted inside), -100 where ignored. Under packing, the first token of each
-        segment is never a target of the previous patient's last token."""
+        segment is never a target of the previous patient's last token. `cache` (or its pre-5.24 name
+        `past_key_values`) is the KV cache to extend."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                             cache=resolve_cache_argument(cache, past_key_values), inputs_embeds=inputs_embeds,
+                             use_cache=use_cache,
                              output_router_logits=output_router_logits, output_expert_counts=output_expert_counts,
                              output_hidden_states=output_hidden_states)
         hidden_states = outputs.last_hidden_state
@@ -490,6 +489,6 @@ class SparseEHRForCausalLM(SparseEHRPreTrainedModel, GenerationMixin):
                 loss = lm_loss + self.config.router_aux_loss_coef * outputs.aux_loss
         return SparseEHRCausalLMOutput(
             loss=loss, lm_loss=lm_loss, aux_loss=outputs.aux_loss, logits=logits,
-            past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: output_cache(outputs)}, hidden_states=outputs.hidden_states,
             router_logits=outputs.router_logits, expert_counts=outputs.expert_counts,
         )

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from sparseehr.model.modeling_sparseehr import SparseEHRForCausalLM, SparseEHRMLP, SparseEHRMoeBlock
 from sparseehr.model.presets import get_preset
+from sparseehr.model.transformers_compat import output_cache
 
 ATOL = 1e-5
 
@@ -132,13 +133,13 @@ def test_cached_decoding_matches_full_forward():
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         prefix = model(ids[:, :6], use_cache=True)
-        cache, steps = prefix.past_key_values, [prefix.logits]
+        cache, steps = output_cache(prefix), [prefix.logits]
         for t in range(6, 10):  # one-token decode steps (DeepSpeed's min_capacity would reject these)
-            step = model(ids[:, t:t + 1], past_key_values=cache, use_cache=True)
-            cache = step.past_key_values
+            step = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+            cache = output_cache(step)
             steps.append(step.logits)
         chunk = model(ids[:, :4], use_cache=True)  # a multi-token chunk on top of a cache
-        chunk = model(ids[:, 4:], past_key_values=chunk.past_key_values, use_cache=True).logits
+        chunk = model(ids[:, 4:], cache=output_cache(chunk), use_cache=True).logits
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=ATOL)
     assert torch.allclose(chunk, full[:, 4:], atol=ATOL)
 
