@@ -98,6 +98,8 @@ SPLITS = (SPLIT_TRAIN, SPLIT_VALIDATION, SPLIT_TEST)
 DATA_PATIENTS_DIR = "patients"            # DatasetDict: one row per patient (columns below)
 DATA_WINDOWS_DIR = "windows"              # DatasetDict: one row per training window (<= max_len, one patient)
 DATA_TOKENIZER_DIR = "tokenizer"          # AutoTokenizer.from_pretrained-loadable
+TOKENIZER_FILE = "tokenizer.json"         # the `tokenizers` library's serialisation (vocabulary, specials)
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # what AutoTokenizer reads first: class and special tokens
 HARMONIZATION_FILE = "harmonization.json"  # frozen settings + GEM source + hash
 PREPARE_REPORT_FILE = "prepare_report.json"
 CODE_COUNTS_FILE = "train_code_counts.json"  # training-split diagnosis occurrence counts (eval: frequency baseline, rare/common)

@@ -5,10 +5,11 @@ A data token (DX/PX/CPT/REGION) enters the vocabulary only when, in the training
 point at a person, and the model cannot learn it anyway). Any other code maps to its typed unknown (DX:<unk>,
 PX:<unk>, CPT:<unk>, REGION:<unk>), never to another code. Structural tokens (specials, VISIT, GAP, AGE, SEX,
 typed unknowns) are enumerated, not learned, so every vocabulary has them and ids are stable across systems.
-The vocabulary is saved as a PreTrainedTokenizerFast (WordLevel over whitespace-split tokens).
+The vocabulary is saved as the files of a PreTrainedTokenizerFast (WordLevel over whitespace-split tokens).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import pyarrow.compute as pc
 from sparseehr.data_pipeline.arrays import distinct
 from sparseehr.data_pipeline.schema import (
     BOS_TOKEN, CPT_PREFIX, CPT_UNK_TOKEN, DX_PREFIX, DX_UNK_TOKEN, EOR_TOKEN, PAD_TOKEN, PX_PREFIX, PX_UNK_TOKEN,
-    REGION_PREFIX, SPECIAL_TOKENS, UNK_TOKEN, UNK_VALUE, VISIT_CLOSE_TOKEN, VISIT_OPEN_TOKEN,
+    REGION_PREFIX, SPECIAL_TOKENS, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, UNK_TOKEN, UNK_VALUE, VISIT_CLOSE_TOKEN,
+    VISIT_OPEN_TOKEN,
 )
 from sparseehr.data_pipeline.timelines import AGE_TOKENS, GAP_TOKENS, SEX_TOKENS
 
@@ -73,29 +75,36 @@ class Vocabulary:
         return ids
 
     def save_tokenizer(self, directory: Path, model_max_length: int) -> None:
-        tokenizer = build_tokenizer(self.tokens, model_max_length)
-        tokenizer.save_pretrained(str(directory))
+        """Write the files `AutoTokenizer.from_pretrained(directory)` loads as a PreTrainedTokenizerFast.
+
+        Written with the `tokenizers` library alone: the data pipeline must not import transformers (it costs
+        seconds of start-up on every `prepare`, and the tokenizer is a plain WordLevel vocabulary).
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        build_tokenizer(self.tokens).save(str(directory / TOKENIZER_FILE))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+                  "pad_token": PAD_TOKEN, "bos_token": BOS_TOKEN, "eos_token": EOR_TOKEN, "unk_token": UNK_TOKEN}
+        (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_tokenizer_dir(cls, directory: Path) -> "Vocabulary":
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        vocab = tokenizer.get_vocab()
+        vocab = Tokenizer.from_file(str(directory / TOKENIZER_FILE)).get_vocab(with_added_tokens=True)
         return cls([t for t, _ in sorted(vocab.items(), key=lambda item: item[1])])
 
 
-def build_tokenizer(tokens: list[str], model_max_length: int):
-    """A PreTrainedTokenizerFast over whitespace-split WordLevel tokens, special tokens as the contract says."""
-    from tokenizers import Tokenizer
+def build_tokenizer(tokens: list[str]):
+    """A `tokenizers` WordLevel tokenizer over whitespace-split tokens; the special tokens are marked special, so
+    `decode(..., skip_special_tokens=True)` drops them."""
+    from tokenizers import AddedToken, Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
-    from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=UNK_TOKEN))
     backend.pre_tokenizer = WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD_TOKEN, bos_token=BOS_TOKEN,
-                                   eos_token=EOR_TOKEN, unk_token=UNK_TOKEN, model_max_length=model_max_length)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    return backend
 
 
 def build_vocabulary(event_patient: np.ndarray, event_token: np.ndarray, token_strings: pa.Array,
