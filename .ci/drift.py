@@ -113,18 +113,25 @@ def main(argv: list[str] | None = None) -> int:
             return 3
     setup_s = time.monotonic() - started
     env = {"DS_ACCELERATOR": "cpu", "SPARSEEHR_LOCK_FILE": str(drift_lock)}
-    done = run([py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *args.pytest_args], cwd=REPO,
-               env={**os.environ, **env}, capture_output=True)
-    (venv / "pytest.log").write_text(done.stdout + done.stderr, encoding="utf-8")
-    tail = [line for line in done.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+    # Stream the suite's output (it runs for minutes) and keep it for the summary and the log file.
+    cmd = [py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *args.pytest_args]
+    print("+", shlex.join(cmd), flush=True)
+    with subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as suite:
+        output = []
+        for line in suite.stdout:
+            print(line, end="", flush=True)
+            output.append(line.rstrip("\n"))
+    (venv / "pytest.log").write_text("\n".join(output) + "\n", encoding="utf-8")
+    failures = [line for line in output if line.startswith(("FAILED", "ERROR"))]
+    summary = next((line for line in reversed(output) if line.strip()), "no output")
     print(f"\ndrift ({args.mode}) summary: environment built in {setup_s:.0f} s; "
           f"{len(moves)} package(s) moved against {lock.name}")
     print("\n".join(moves))
     print(f"suite: {summary}  (full log: {venv / 'pytest.log'})")
-    for line in tail:
+    for line in failures:
         print("  " + line)
-    return done.returncode
+    return suite.returncode
 
 
 if __name__ == "__main__":
