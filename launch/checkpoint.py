@@ -164,16 +164,14 @@ class CheckpointManager:
         return tag
 
     # ---- restore ---------------------------------------------------------------------------------------------
-    def latest_tag(self) -> str | None:
-        return rundir.read_latest_tag(self.run_dir)
-
-    def load(self, tag: str, load_optimizer: bool = True) -> None:
-        """Restore engine (optimizer and scheduler only when load_optimizer), run state, RNG and data position."""
+    def load(self, tag: str, eval_only: bool = False) -> None:
+        """Restore engine, run state, RNG and data position. eval_only restores the weights without optimizer and
+        scheduler, and leaves any newer (uncommitted) tags alone since nothing will overwrite them."""
         import deepspeed.comm as dist
 
         saved = self._saved_run_state(tag)
-        self.engine.load_checkpoint(str(self.run_dir), tag=tag, load_optimizer_states=load_optimizer,
-                                    load_lr_scheduler_states=load_optimizer)
+        self.engine.load_checkpoint(str(self.run_dir), tag=tag, load_optimizer_states=not eval_only,
+                                    load_lr_scheduler_states=not eval_only)
         rank_state = self._rank_state(tag)
         if int(rank_state["step"]) != int(saved["step"]):
             raise CheckpointError(f"{rundir.rank_state_path(self.run_dir, tag, self.rank)}: step "
@@ -183,10 +181,11 @@ class CheckpointManager:
                 raise CheckpointError(f"{rundir.rank_state_path(self.run_dir, tag, self.rank)}: no {name!r} state")
             obj.load_state_dict(rank_state[name])
         self.train_state.load_state_dict(saved)
-        if self.rank == 0:
+        if self.rank == 0 and not eval_only:
             for dropped in drop_uncommitted_tags(self.run_dir, tag):
                 print(f"[sparseehr] removed {dropped}: saved after {tag} by the interrupted attempt, never "
                       f"committed to `latest`", flush=True)
+        if self.rank == 0:
             rundir.truncate_metrics(self.run_dir, self.train_state.step)
         dist.barrier()
 

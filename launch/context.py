@@ -172,7 +172,7 @@ def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
                      loader, val_ds if len(val_ds) else None, state, checkpoints, resume_tag is not None,
                      flops_per_token(model_config, seq_len, training=True))
     if resume_tag is not None:
-        checkpoints.load(resume_tag, load_optimizer=not eval_only)
+        checkpoints.load(resume_tag, eval_only=eval_only)
         if rank == 0:
             print(f"[sparseehr] resumed {resume_tag}: step {state.step}, data epoch {loader.position.epoch} "
                   f"micro-batch {loader.position.micro_batches_done}", flush=True)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from launch_helpers import REPO_ROOT, build_tiny_datadir, read_jsonl, subprocess_env
+from sparseehr.data_pipeline import schema
 from sparseehr.launch import rundir
 
 RECORDS = ['{"loss": 5.0, "step": 1}\n', '{"loss": 4.5, "step": 2}\n', '{"loss": 4.25, "step": 3}\n']
@@ -112,6 +113,15 @@ def test_kill_during_a_metrics_append_then_resume_continues_exactly(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     reference = {r["step"]: r for r in read_jsonl(uninterrupted / "metrics.jsonl")}
     assert sorted(reference) == list(range(1, STEPS + 1))
+    # The rest of the contract, read back: the resolved settings and the engine dictionary actually used.
+    saved = rundir.read_train_config(uninterrupted)
+    import datasets
+
+    longest = max(len(ids) for split in (schema.SPLIT_TRAIN, schema.SPLIT_VALIDATION)
+                  for ids in datasets.load_from_disk(str(data / schema.DATA_WINDOWS_DIR / split))[schema.COL_INPUT_IDS])
+    assert (saved.max_steps, saved.ep_size, saved.seq_len) == (STEPS, 1, longest)  # seq_len: the longest window
+    assert rundir.read_ds_config(uninterrupted)["train_batch_size"] == 4 * 1 * 1  # micro-batch x accum x ranks
+    assert rundir.load_model_config(uninterrupted).vocab_size >= len(rundir.load_tokenizer(uninterrupted))
 
     # K: the state a run killed after its step-4 checkpoint leaves (later saves never reached `latest`).
     shutil.copytree(uninterrupted, killed)

@@ -50,7 +50,7 @@ def test_every_import_contract_is_kept(tmp_path):
      "sparseehr.eval is not allowed to import sparseehr.launch"),
     ("model/leak.py", "from sparseehr.data_pipeline import schema\n",
      "sparseehr.model is not allowed to import sparseehr.data_pipeline"),
-    ("launch/rundir_leak.py", "from sparseehr import demo\n", "sparseehr.launch is not allowed to import sparseehr.demo"),
+    ("launch/leak.py", "from sparseehr import demo\n", "sparseehr.launch is not allowed to import sparseehr.demo"),
     ("launch/checkpoint.py", "from sparseehr.launch import loop\n", "No cycles are allowed in sparseehr.launch"),
 ])
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, broken):
