@@ -21,11 +21,11 @@ from sparseehr.data_pipeline.errors import PrepareError
 from sparseehr.data_pipeline.harmonize import HarmonizationSettings, harmonize, settings_record
 from sparseehr.data_pipeline.readers.common import RawRecords
 from sparseehr.data_pipeline.schema import (
-    CODE_COUNTS_FILE, COL_VISIT_DX_CODES, DATA_PATIENTS_DIR, DATA_TOKENIZER_DIR, DATA_WINDOWS_DIR,
-    HARMONIZATION_FILE, PREPARE_REPORT_FILE, SPLIT_TRAIN, SPLITS, SUBJECT_ID,
+    CODE_COUNTS_FILE, COL_PREFIX_TOKENS, COL_VISIT_DX_CODES, COL_VISIT_TOKENS, DATA_PATIENTS_DIR,
+    DATA_TOKENIZER_DIR, DATA_WINDOWS_DIR, HARMONIZATION_FILE, PREPARE_REPORT_FILE, SPLIT_TRAIN, SPLITS, SUBJECT_ID,
 )
 from sparseehr.data_pipeline.splits import assign_splits
-from sparseehr.data_pipeline.timelines import COL_PREFIX_TOKENS, COL_VISIT_TOKENS, build_timelines
+from sparseehr.data_pipeline.timelines import build_timelines
 from sparseehr.data_pipeline.tokenization import tokenize_batch, windows_batch
 from sparseehr.data_pipeline.vocab import Vocabulary, VocabSettings, build_vocabulary
 

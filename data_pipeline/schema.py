@@ -54,6 +54,23 @@ DX_UNK_TOKEN = DX_PREFIX + UNK_VALUE      # typed unknowns: a code outside the v
 PX_UNK_TOKEN = PX_PREFIX + UNK_VALUE
 CPT_UNK_TOKEN = CPT_PREFIX + UNK_VALUE
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOR_TOKEN, UNK_TOKEN)
+REGION_UNK_TOKEN = REGION_PREFIX + UNK_VALUE
+
+# The enumerated (not learned) values of the structural tokens: every vocabulary holds all of them, so their ids
+# are stable across systems. Gap bins: (upper bound in days, exclusive; label); the gap is between visit START times.
+GAP_BINS: tuple[tuple[float, str], ...] = (
+    (1, "<1D"), (7, "1-7D"), (30, "1-4W"), (91, "1-3M"), (182, "3-6M"), (365, "6-12M"), (730, "1-2Y"),
+    (1826, "2-5Y"), (float("inf"), "5Y+"),
+)
+GAP_FIRST_TOKEN = GAP_PREFIX + "first"  # the first visit of a timeline has no previous visit
+GAP_TOKENS = (GAP_FIRST_TOKEN,) + tuple(GAP_PREFIX + label for _, label in GAP_BINS)
+AGE_BUCKET_YEARS, AGE_TOP = 5, 90
+AGE_UNK_TOKEN = AGE_PREFIX + UNK_VALUE
+AGE_TOKENS = tuple(f"{AGE_PREFIX}{a}-{a + AGE_BUCKET_YEARS - 1}" for a in range(0, AGE_TOP, AGE_BUCKET_YEARS)) + (
+    f"{AGE_PREFIX}{AGE_TOP}+", AGE_UNK_TOKEN)
+SEX_VALUES = ("F", "M")
+SEX_UNK_TOKEN = SEX_PREFIX + UNK_VALUE
+SEX_TOKENS = tuple(SEX_PREFIX + s for s in SEX_VALUES) + (SEX_UNK_TOKEN,)
 
 # Token types, for routing analysis and eval. TOKEN_TYPE_BY_PREFIX maps a prefix to its type name.
 TOKEN_TYPE_DX = "diagnosis"
@@ -114,3 +131,6 @@ COL_VISIT_DX_CODES = "visit_dx_codes"     # list<list<string>>: harmonized ICD-1
                                           # type prefix) per visit, including codes outside the vocabulary
 # Per-window columns
 COL_WINDOW_INDEX = "window_index"         # int32: 0.. within the patient
+# Staging columns (strings) between timelines.py and tokenization.py; never written to disk
+COL_PREFIX_TOKENS = "prefix_tokens"
+COL_VISIT_TOKENS = "visit_tokens"

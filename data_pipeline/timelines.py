@@ -21,26 +21,11 @@ from sparseehr.data_pipeline.arrays import distinct, keep_first, pack
 from sparseehr.data_pipeline.harmonize import ORDER, TOKEN, TOKEN_STRING, HarmonizedEvents
 from sparseehr.data_pipeline.readers.common import dictionary_codes
 from sparseehr.data_pipeline.schema import (
-    AGE_PREFIX, CODE, CODE_SYSTEMS, COL_VISIT_DX_CODES, COL_VISIT_TIMES, EVENT_KINDS, GAP_PREFIX,
-    KIND, KIND_DX, REGION_PREFIX, SEQ_NUM, SEX_PREFIX, SUBJECT_ID,
-    SYSTEM, SYSTEM_BIRTH, SYSTEM_REGION, SYSTEM_SEX, TIME, UNK_VALUE, VISIT_ID,
+    AGE_BUCKET_YEARS, AGE_PREFIX, AGE_TOKENS, CODE, CODE_SYSTEMS, COL_PREFIX_TOKENS, COL_VISIT_DX_CODES,
+    COL_VISIT_TIMES, COL_VISIT_TOKENS, EVENT_KINDS, GAP_BINS, GAP_FIRST_TOKEN, GAP_PREFIX, GAP_TOKENS, KIND, KIND_DX,
+    REGION_PREFIX, SEQ_NUM, SEX_PREFIX, SEX_TOKENS, SEX_UNK_TOKEN, SEX_VALUES, SUBJECT_ID, SYSTEM, SYSTEM_BIRTH, SYSTEM_REGION, SYSTEM_SEX, TIME, UNK_VALUE, VISIT_ID,
 )
 
-# Gap bins: (upper bound in days, exclusive; label). The gap is between visit START times.
-GAP_BINS: tuple[tuple[float, str], ...] = (
-    (1, "<1D"), (7, "1-7D"), (30, "1-4W"), (91, "1-3M"), (182, "3-6M"), (365, "6-12M"), (730, "1-2Y"),
-    (1826, "2-5Y"), (float("inf"), "5Y+"),
-)
-GAP_FIRST_TOKEN = GAP_PREFIX + "first"  # the first visit of a timeline has no previous visit
-GAP_TOKENS = (GAP_FIRST_TOKEN,) + tuple(GAP_PREFIX + label for _, label in GAP_BINS)
-AGE_BUCKET_YEARS, AGE_TOP = 5, 90
-AGE_TOKENS = tuple(f"{AGE_PREFIX}{a}-{a + AGE_BUCKET_YEARS - 1}" for a in range(0, AGE_TOP, AGE_BUCKET_YEARS)) + (
-    f"{AGE_PREFIX}{AGE_TOP}+", AGE_PREFIX + UNK_VALUE)
-SEX_VALUES = ("F", "M")
-SEX_TOKENS = tuple(SEX_PREFIX + s for s in SEX_VALUES) + (SEX_PREFIX + UNK_VALUE,)
-
-COL_PREFIX_TOKENS = "prefix_tokens"  # staging columns (strings), consumed by tokenize.py
-COL_VISIT_TOKENS = "visit_tokens"
 SECONDS_PER_DAY = 86_400
 SEQ_MAX = (1 << 16) - 1               # seq_num beyond this (or missing) sorts last
 OFFSET_MINUTES_MAX = (1 << 24) - 1    # event time within its visit, minutes, centred: +-16 years
@@ -193,7 +178,7 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
     sex_known = has_sex & pc.fill_null(pc.is_in(sex_value, value_set=pa.array(SEX_VALUES)), False).to_numpy(
         zero_copy_only=False)
     sex_token = pc.if_else(pa.array(sex_known), pc.binary_join_element_wise(SEX_PREFIX, sex_value, ""),
-                           SEX_PREFIX + UNK_VALUE)
+                           SEX_UNK_TOKEN)
 
     region_row, has_region = _first_per_patient(demo_subject[systems == CODE_SYSTEMS.index(SYSTEM_REGION)],
                                                 rows[systems == CODE_SYSTEMS.index(SYSTEM_REGION)], patient_ids)

@@ -14,11 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from sparseehr.data_pipeline.schema import (
-    BOS_TOKEN, COL_INPUT_IDS, COL_PREFIX_LEN, COL_VISIT_DX_CODES, COL_VISIT_OFFSETS, COL_VISIT_TIMES,
-    COL_WINDOW_INDEX, EOR_TOKEN, SUBJECT_ID, VISIT_CLOSE_TOKEN, VISIT_OPEN_TOKEN,
+    BOS_TOKEN, COL_INPUT_IDS, COL_PREFIX_LEN, COL_PREFIX_TOKENS, COL_VISIT_DX_CODES, COL_VISIT_OFFSETS,
+    COL_VISIT_TIMES, COL_VISIT_TOKENS, COL_WINDOW_INDEX, EOR_TOKEN, GAP_FIRST_TOKEN, GAP_TOKENS, SUBJECT_ID,
+    VISIT_CLOSE_TOKEN, VISIT_OPEN_TOKEN,
 )
-from sparseehr.data_pipeline.timelines import COL_PREFIX_TOKENS, COL_VISIT_TOKENS, GAP_FIRST_TOKEN, GAP_TOKENS, \
-    gap_token_index
+from sparseehr.data_pipeline.timelines import gap_token_index
 from sparseehr.data_pipeline.vocab import Vocabulary
 
 

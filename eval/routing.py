@@ -21,6 +21,7 @@ import torch
 from sparseehr.data_pipeline import schema
 from sparseehr.eval.instances import load_splits, truncate_context
 from sparseehr.eval.report import REPORT_JSON, REPORT_MD, json_writer, markdown_table, text_writer, write_outputs
+from sparseehr.model.expert_stats import expert_load_std, layer_load_std
 
 HEATMAP = "routing_heatmap.png"
 UNKNOWN_CHAPTER = "unknown"
@@ -72,7 +73,7 @@ def routing_statistics(assign_counts: np.ndarray, entropy_sum: np.ndarray, n_tok
     nonzero = share[share > 0]
     load_entropy = float(-(nonzero * np.log(nonzero)).sum())
     mean_entropy = float(entropy_sum / n_tokens) if n_tokens else float("nan")
-    return {"expert_share": share.tolist(), "utilisation_std": float(share.std()),
+    return {"expert_share": share.tolist(), "utilisation_std": layer_load_std(share),
             "routing_entropy": mean_entropy, "routing_entropy_normalised": mean_entropy / math.log(n_experts),
             "load_entropy": load_entropy, "load_entropy_normalised": load_entropy / math.log(n_experts)}
 
@@ -187,8 +188,8 @@ def run_routing(args: argparse.Namespace) -> int:
         "task": "routing", "model": str(args.model), "data": str(args.data), "split": "+".join(args.split),
         "n_sequences": len(sequences), "n_tokens": counted["n_tokens"], "num_experts": n_experts,
         "num_experts_per_tok": model.config.num_experts_per_tok, "token_types": types, "icd10_chapters": chapters,
-        # Mean over layers of the per-layer std: the convention of training's metrics.jsonl `expert_load_std`.
-        "utilisation_std_mean": float(np.mean([lay["utilisation_std"] for lay in layer_reports])),
+        # The same statistic as training's metrics.jsonl `expert_load_std` (one definition, model/expert_stats.py).
+        "utilisation_std_mean": expert_load_std([lay["expert_share"] for lay in layer_reports]),
         "layers": layer_reports,
     }
     write_outputs(args.out, {REPORT_JSON: json_writer(report), REPORT_MD: text_writer(routing_markdown(report)),

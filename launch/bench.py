@@ -9,14 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import sparseehr.launch.train as train_module
+from sparseehr.launch.launcher import deepspeed_command
+from sparseehr.launch.rundir import read_metrics
 
 CONFIGS = {  # name -> (ranks, engine JSON, ep size)
     "1rank": (1, "zero1.json", 1),
@@ -25,21 +24,14 @@ CONFIGS = {  # name -> (ranks, engine JSON, ep size)
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run_config(name: str, data: str, out: Path, preset: str, steps: int, extra: list[str], timeout: int,
                threads: int) -> Path:
     ranks, ds_json, ep = CONFIGS[name]
     run_dir = out / name
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks),
-               "--master_port", str(_free_port()), str(Path(train_module.__file__)),
-               "--preset", preset, "--data", data, "--out", str(run_dir), "--max-steps", str(steps),
-               "--deepspeed", ds_json, "--ep-size", str(ep), "--eval-interval", "0", "--ckpt-interval", "0",
-               "--log-interval", "1", *extra]
+    command = deepspeed_command(ranks, [
+        "--preset", preset, "--data", data, "--out", str(run_dir), "--max-steps", str(steps), "--deepspeed", ds_json,
+        "--ep-size", str(ep), "--eval-interval", "0", "--ckpt-interval", "0", "--log-interval", "1", *extra],
+        as_script=True)
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "TQDM_DISABLE": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -50,7 +42,7 @@ def run_config(name: str, data: str, out: Path, preset: str, steps: int, extra: 
 
 
 def summarize(run_dir: Path, warmup: int) -> dict[str, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     timed = [r for r in records if "loss" in r and r["step"] > warmup]
     if not timed:
         raise RuntimeError(f"{run_dir}: no steps after warmup {warmup}; raise --steps")

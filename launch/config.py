@@ -6,12 +6,8 @@ ds_configs/ hold engine settings only (ZeRO stage, precision, communication). `l
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
-
-TRAIN_CONFIG_FILE = "train_config.json"
 
 
 class ConfigError(ValueError):
@@ -122,22 +118,15 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, run_dir: str | Path) -> None:
-        path = Path(run_dir) / TRAIN_CONFIG_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-
     @classmethod
-    def load(cls, run_dir: str | Path) -> "TrainConfig":
-        path = Path(run_dir) / TRAIN_CONFIG_FILE
-        if not path.is_file():
-            raise ConfigError(f"{path}: missing; is {run_dir} a training RUN_DIR?")
-        values = json.loads(path.read_text())
+    def from_dict(cls, values: dict[str, Any], source: str) -> "TrainConfig":
+        """A TrainConfig from saved values (RUN_DIR/train_config.json); `source` names them in errors."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a JSON object of TrainConfig fields")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{path}: unknown TrainConfig fields {unknown}")
+            raise ConfigError(f"{source}: unknown TrainConfig fields {unknown}")
         return cls(**values)
 
 

@@ -1,9 +1,9 @@
 """Everything a run needs before its first step: distributed job, tokenizer, model config, engine config, data,
-engine, and — on --resume — the restored state. Consistency checks that span those pieces live here."""
+engine, the checkpoint manager, and — on --resume — the restored state. Consistency checks that span those pieces
+live here. Files are read and written through launch/rundir.py; save and restore belong to launch/checkpoint.py."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -13,14 +13,13 @@ from typing import Any
 import torch
 
 from sparseehr.data_pipeline import schema
-from sparseehr.launch import checkpoint as ckpt
+from sparseehr.launch import rundir
+from sparseehr.launch.checkpoint import CheckpointManager, RNGState, TrainState
 from sparseehr.launch.config import ConfigError, TrainConfig
 from sparseehr.launch.data import PackedTrainLoader, load_data_tokenizer, load_windows_split, window_lengths
 from sparseehr.launch.ds_config import build_ds_config, load_ds_config
-from sparseehr.launch.engine import build_model, expert_parallel_rank, init_distributed, initialize_engine
-from sparseehr.launch.export import RUN_MODEL_CONFIG_DIR, RUN_TOKENIZER_DIR
-
-DS_CONFIG_FILE = "ds_config.json"
+from sparseehr.launch.engine import (build_model, complete_tied_weights, expert_parallel_rank, init_distributed,
+                                     initialize_engine)
 
 
 class TrainingError(RuntimeError):
@@ -40,15 +39,16 @@ class RunContext:
     engine: Any
     loader: PackedTrainLoader
     val_dataset: Any
-    state: dict[str, Any]          # step, tokens_seen
+    state: TrainState
+    checkpoints: CheckpointManager
     resumed: bool
     flops_per_token: float
 
-    def invariants(self) -> dict[str, Any]:
-        """What a resumed run must share with the run that wrote the checkpoint."""
-        return {"world_size": self.world_size, "ep_size": self.ep_size, "seq_len": self.seq_len,
-                "total_steps": self.total_steps, "micro_batch_size": self.cfg.micro_batch_size,
-                "grad_accum_steps": self.cfg.grad_accum_steps, "seed": self.cfg.seed}
+
+def run_invariants(cfg: TrainConfig, world_size: int, ep_size: int, seq_len: int, total_steps: int) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoint (total_steps may grow)."""
+    return {"world_size": world_size, "ep_size": ep_size, "seq_len": seq_len, "total_steps": total_steps,
+            "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": cfg.grad_accum_steps, "seed": cfg.seed}
 
 
 def set_cpu_threads() -> None:
@@ -79,13 +79,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model_config(cfg: TrainConfig, tokenizer, resume_tag: str | None):
+def resolve_model_config(cfg: TrainConfig, tokenizer, resume_tag: str | None):
+    """The run's own config on resume, the HF_DIR's with --init-from, else the preset sized to the vocabulary."""
     from sparseehr.model import SparseEHRConfig
     from sparseehr.model.presets import get_preset
 
-    run_dir = Path(cfg.out_dir)
     if resume_tag is not None:
-        return SparseEHRConfig.from_pretrained(str(run_dir / RUN_MODEL_CONFIG_DIR))
+        return rundir.load_model_config(cfg.out_dir)
     if cfg.init_from:
         if cfg.model_overrides:
             raise ConfigError(f"--model-override cannot change a model loaded with --init-from {cfg.init_from}")
@@ -119,28 +119,21 @@ def load_init_weights(init_from: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def complete_tied_weights(state: dict[str, torch.Tensor], model_config) -> dict[str, torch.Tensor]:
-    # save_pretrained stores a tied lm_head once; give it back its alias so strict loading sees every key.
-    if getattr(model_config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
-        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
-    return state
-
-
 def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
     from sparseehr.model.accounting import flops_per_token
 
     rank, world = init_distributed()
     set_cpu_threads()
     run_dir = Path(cfg.out_dir)
-    resume_tag = ckpt.read_latest_tag(run_dir) if cfg.resume else None
+    resume_tag = rundir.read_latest_tag(run_dir) if cfg.resume else None
     if eval_only and not (resume_tag or cfg.init_from):
         raise ConfigError("--eval-only needs weights: --resume (with a checkpoint in RUN_DIR) or --init-from HF_DIR")
-    if not cfg.resume and not eval_only and (ckpt.list_tags(run_dir) or (run_dir / "metrics.jsonl").exists()):
+    if not cfg.resume and not eval_only and rundir.holds_training_run(run_dir):
         raise ConfigError(f"{run_dir} already holds a training run; pass --resume to continue it or choose a new "
                           f"--out")
 
     tokenizer = load_data_tokenizer(cfg.data_dir)
-    model_config = load_model_config(cfg, tokenizer, resume_tag)
+    model_config = resolve_model_config(cfg, tokenizer, resume_tag)
     ds_json, ds_path = load_ds_config(cfg.deepspeed_config)
     ds_config, ep_size = build_ds_config(cfg, ds_json, str(ds_path), world, model_config.num_experts,
                                          model_config.num_moe_layers > 0)
@@ -171,58 +164,31 @@ def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
     # does not depend on how much initialisation consumed, so runs at different ep sizes draw the same numbers.
     seed_everything(cfg.seed + rank)
 
-    state: dict[str, Any] = {"step": 0, "tokens_seen": 0}
+    state = TrainState()
+    checkpoints = CheckpointManager(run_dir, engine, state, {"data_position": loader, "rng": RNGState()},
+                                    run_invariants(cfg, world, ep_size, seq_len, total_steps), rank, cfg.keep_last,
+                                    cfg.ckpt_interval)
     ctx = RunContext(cfg, rank, world, ep_size, seq_len, tokenizer.pad_token_id, total_steps, model_config, engine,
-                     loader, val_ds if len(val_ds) else None, state, resume_tag is not None,
+                     loader, val_ds if len(val_ds) else None, state, checkpoints, resume_tag is not None,
                      flops_per_token(model_config, seq_len, training=True))
     if resume_tag is not None:
-        restore(ctx, run_dir, resume_tag, load_optimizer=not eval_only)
+        checkpoints.load(resume_tag, eval_only=eval_only)
+        if rank == 0:
+            print(f"[sparseehr] resumed {resume_tag}: step {state.step}, data epoch {loader.position.epoch} "
+                  f"micro-batch {loader.position.micro_batches_done}", flush=True)
     elif rank == 0 and not eval_only:
         write_run_files(cfg, run_dir, ds_config, ep_size, seq_len, model_config, tokenizer)
         if cfg.resume:  # e.g. a requeued job whose first attempt died before its first checkpoint
             print(f"[sparseehr] --resume: no checkpoint in {run_dir}, starting from step 0", flush=True)
-            from sparseehr.launch.loop import truncate_metrics
-
-            truncate_metrics(run_dir, 0)
+            rundir.truncate_metrics(run_dir, 0)
     return ctx
-
-
-def restore(ctx: RunContext, run_dir: Path, tag: str, load_optimizer: bool) -> None:
-    import deepspeed.comm as dist
-
-    from sparseehr.launch.loop import truncate_metrics
-
-    main_states = torch.load(run_dir / tag / ckpt.MAIN_STATES_FILE, map_location="cpu", weights_only=False)
-    saved = main_states.get("sparseehr")
-    if saved is None:
-        raise TrainingError(f"{run_dir / tag}: not written by sparseehr train (no 'sparseehr' client state)")
-    current = ctx.invariants()
-    current.pop("total_steps")  # may grow on resume (--max-steps raised); the schedule follows the new length
-    for key, value in current.items():
-        if key in saved and saved[key] != value:
-            advice = (" (optimizer state does not survive an ep change: `sparseehr export` the run and start a new "
-                      "one with --init-from)") if key == "ep_size" else ""
-            raise TrainingError(f"cannot resume {run_dir / tag}: it was written with {key}={saved[key]}, this run "
-                                f"has {key}={value}{advice}")
-    del main_states
-    ctx.engine.load_checkpoint(str(run_dir), tag=tag, load_optimizer_states=load_optimizer,
-                               load_lr_scheduler_states=load_optimizer)
-    rank_state = ckpt.load_rank_state(run_dir, tag, ctx.rank)
-    ctx.loader.load_state_dict(rank_state["data_position"])
-    ckpt.restore_rng_state(rank_state["rng"])
-    ctx.state.update(step=int(saved["step"]), tokens_seen=int(saved["tokens_seen"]))
-    if ctx.rank == 0:
-        truncate_metrics(run_dir, ctx.state["step"])
-        print(f"[sparseehr] resumed {tag}: step {ctx.state['step']}, data epoch {ctx.loader.position.epoch} "
-              f"micro-batch {ctx.loader.position.micro_batches_done}", flush=True)
-    dist.barrier()
 
 
 def write_run_files(cfg: TrainConfig, run_dir: Path, ds_config: dict[str, Any], ep_size: int, seq_len: int,
                     model_config, tokenizer) -> None:
     """train_config.json (with the resolved ep size and seq_len), ds_config.json, model_config/, tokenizer/."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    dataclasses.replace(cfg, ep_size=ep_size, seq_len=seq_len).save(run_dir)
-    (run_dir / DS_CONFIG_FILE).write_text(json.dumps(ds_config, indent=2, sort_keys=True) + "\n")
-    model_config.save_pretrained(str(run_dir / RUN_MODEL_CONFIG_DIR))
-    tokenizer.save_pretrained(str(run_dir / RUN_TOKENIZER_DIR))
+    rundir.write_train_config(run_dir, dataclasses.replace(cfg, ep_size=ep_size, seq_len=seq_len))
+    rundir.write_ds_config(run_dir, ds_config)
+    rundir.save_model_config(run_dir, model_config)
+    rundir.save_tokenizer(run_dir, tokenizer)

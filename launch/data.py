@@ -19,8 +19,7 @@ import pyarrow.compute as pc
 import torch
 
 from sparseehr.data_pipeline import schema
-
-IGNORE_INDEX = -100
+from sparseehr.model.loss import IGNORE_INDEX
 
 
 def load_windows_split(data_dir: str | Path, split: str):

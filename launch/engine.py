@@ -10,18 +10,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 from typing import Any
 
 import torch
 
+from sparseehr.launch.launcher import free_port
+
 EXPERT_KEY = re.compile(r"(\.deepspeed_moe\.experts\.deepspeed_experts\.)(\d+)(\.)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def init_distributed() -> tuple[int, int]:
@@ -70,6 +65,20 @@ def shard_full_state_dict(full: dict[str, torch.Tensor], target_keys: list[str],
             raise KeyError(f"weights for {key} (stored as {source}) are missing from the full state_dict")
         shard[key] = full[source]
     return shard
+
+
+def complete_tied_weights(state: dict[str, torch.Tensor], model_config) -> dict[str, torch.Tensor]:
+    """A full state_dict with the tied output projection present under its own name.
+
+    save_pretrained stores a tied lm_head once (under the input embedding); strict loading wants every key.
+
+    >>> class Tied: tie_word_embeddings = True
+    >>> sorted(complete_tied_weights({"model.embed_tokens.weight": torch.zeros(1)}, Tied()))
+    ['lm_head.weight', 'model.embed_tokens.weight']
+    """
+    if getattr(model_config, "tie_word_embeddings", False) and "lm_head.weight" not in state:
+        state = {**state, "lm_head.weight": state["model.embed_tokens.weight"]}
+    return state
 
 
 def build_model(model_config, ep_size: int, ep_rank: int, full_state_dict: dict[str, torch.Tensor] | None,

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import torch
 
-from sparseehr.launch.checkpoint import EXPERT_FILE_PATTERN, MAIN_STATES_FILE, read_latest_tag
-
-RUN_MODEL_CONFIG_DIR = "model_config"   # RUN_DIR/model_config/config.json: the SparseEHRConfig trained
-RUN_TOKENIZER_DIR = "tokenizer"         # RUN_DIR/tokenizer/: copy of DATA_DIR/tokenizer
+from sparseehr.launch import rundir
+from sparseehr.launch.engine import complete_tied_weights
 
 
 class ExportError(RuntimeError):
@@ -29,7 +27,7 @@ class ExportError(RuntimeError):
 def merge_checkpoint_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
     """Main file + every expert file of one tag -> one full (ep=1) state_dict."""
     tag_dir = Path(tag_dir)
-    main_path = tag_dir / MAIN_STATES_FILE
+    main_path = tag_dir / rundir.MAIN_STATES_FILE
     if not main_path.is_file():
         raise ExportError(f"{main_path}: missing; {tag_dir} is not a complete DeepSpeed checkpoint")
     main = torch.load(main_path, map_location="cpu", weights_only=False)
@@ -37,7 +35,7 @@ def merge_checkpoint_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
         raise ExportError(f"{main_path}: no 'module' state_dict inside (keys: {sorted(main)[:10]})")
     merged: dict[str, torch.Tensor] = dict(main["module"])
     for path in sorted(tag_dir.iterdir()):
-        if not EXPERT_FILE_PATTERN.match(path.name):
+        if not rundir.EXPERT_FILE_PATTERN.match(path.name):
             continue
         part = torch.load(path, map_location="cpu", weights_only=False)
         clash = sorted(set(part) & set(merged))
@@ -47,63 +45,42 @@ def merge_checkpoint_state_dict(tag_dir: str | Path) -> dict[str, torch.Tensor]:
     return merged
 
 
-def load_run_model_config(run_dir: str | Path):
-    from sparseehr.model import SparseEHRConfig
-
-    path = Path(run_dir) / RUN_MODEL_CONFIG_DIR
-    if not (path / "config.json").is_file():
-        raise ExportError(f"{path / 'config.json'}: missing; is {run_dir} a training RUN_DIR?")
-    return SparseEHRConfig.from_pretrained(str(path))
-
-
 def build_model_from_full_state_dict(config, state_dict: dict[str, torch.Tensor], source: str):
     """An ep=1 SparseEHRForCausalLM holding exactly state_dict (strict: missing/unexpected keys are errors)."""
     from sparseehr.model import SparseEHRForCausalLM
 
     config.expert_parallel_size = 1
     model = SparseEHRForCausalLM(config)
+    state_dict = complete_tied_weights(state_dict, config)
     expected = set(model.state_dict())
-    # Tied output embeddings may be stored once; accept the checkpoint without the tied alias.
-    missing = sorted(expected - set(state_dict) - tied_parameter_names(model))
+    missing = sorted(expected - set(state_dict))
     unexpected = sorted(set(state_dict) - expected)
     if missing or unexpected:
         raise ExportError(f"{source}: state_dict does not match the model "
                           f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                           f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})")
-    model.load_state_dict(state_dict, strict=False)
+    model.load_state_dict(state_dict, strict=True)
     return model
-
-
-def tied_parameter_names(model) -> set[str]:
-    if not getattr(model.config, "tie_word_embeddings", False):
-        return set()
-    output = model.get_output_embeddings()
-    if output is None:
-        return set()
-    return {name for name, param in model.state_dict(keep_vars=True).items()
-            if param is output.weight and not name.startswith("model.")}
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    tag = tag or read_latest_tag(run_dir)
+    tag = tag or rundir.read_latest_tag(run_dir)
     if tag is None:
         raise ExportError(f"{run_dir}: no checkpoint (no 'latest' file); pass --tag or train first")
     tag_dir = run_dir / tag
     if not tag_dir.is_dir():
         raise ExportError(f"{tag_dir}: no such checkpoint tag")
-    config = load_run_model_config(run_dir)
+    config = rundir.load_model_config(run_dir)
     model = build_model_from_full_state_dict(config, merge_checkpoint_state_dict(tag_dir), str(tag_dir))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(str(staging))
-        tokenizer_dir = run_dir / RUN_TOKENIZER_DIR
-        if tokenizer_dir.is_dir():
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(staging))
+        tokenizer = rundir.load_tokenizer(run_dir, missing_ok=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(staging))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.replace(out_dir)
@@ -121,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_run(args.run, args.out, args.tag)
-    except (ExportError, FileNotFoundError, ValueError) as exc:
+    except (ExportError, rundir.RunDirError, FileNotFoundError, ValueError) as exc:
         print(f"sparseehr export: error: {exc}", file=sys.stderr)
         return 1
     print(f"exported {args.run} ({args.tag or 'latest'}) -> {out}")

@@ -1,7 +1,6 @@
 """The training loop, layered train() -> train_step() -> forward_backward_step(), plus evaluate()."""
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -9,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from sparseehr.launch import checkpoint as ckpt
+from sparseehr.launch import rundir
 from sparseehr.launch.config import TrainConfig
-from sparseehr.launch.data import IGNORE_INDEX, validation_batches
-from sparseehr.launch.metrics import (METRICS_FILE, MetricsWriter, expert_load_fractions, expert_load_std,
-                                      peak_tflops, read_metrics)
-from sparseehr.launch.context import RunContext, TrainingError, prepare_run  # noqa: F401  (re-exported)
+from sparseehr.launch.context import RunContext, TrainingError, prepare_run
+from sparseehr.launch.data import validation_batches
+from sparseehr.launch.metrics import MetricsWriter, peak_tflops
+from sparseehr.model.expert_stats import expert_load_fractions, expert_load_std
+from sparseehr.model.loss import next_token_nll
 
 
 @dataclass
@@ -70,22 +69,12 @@ def evaluate(engine, batches: list[dict[str, torch.Tensor]]) -> tuple[float, flo
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      position_ids=batch["position_ids"], use_cache=False)
-        nll, count = summed_next_token_nll(out.logits, batch["labels"])
-        total += torch.tensor([nll, count], dtype=torch.float64)
+        nll, count = next_token_nll(out.logits, batch["labels"], batch["position_ids"])
+        total += torch.tensor([float(nll), float(count)], dtype=torch.float64)
     engine.train()
     dist.all_reduce(total)
     val_loss = (total[0] / total[1].clamp_min(1)).item()
     return val_loss, math.exp(min(val_loss, 50.0))
-
-
-def summed_next_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Sum of -log p(label_t | tokens < t) over positions with a label, and their count (HF shift convention)."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    keep = shift_labels != IGNORE_INDEX
-    # Select first: logits at padding positions are never looked at (they may be anything).
-    nll = F.cross_entropy(shift_logits[keep], shift_labels[keep], reduction="sum")
-    return float(nll), int(keep.sum())
 
 
 def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
@@ -93,71 +82,71 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
     import deepspeed.comm as dist
 
     ctx: RunContext = prepare_run(cfg, eval_only=eval_only)
-    engine, loader, state = ctx.engine, ctx.loader, ctx.state
+    engine, loader, state, checkpoints = ctx.engine, ctx.loader, ctx.state, ctx.checkpoints
     val_batches = validation_batches(ctx.val_dataset, ctx.seq_len, cfg.micro_batch_size, ctx.rank, ctx.world_size,
                                      ctx.pad_id, cfg.eval_max_rows) if ctx.val_dataset is not None else []
     if eval_only:
         if not val_batches:
             raise TrainingError(f"--eval-only: the validation split of {cfg.data_dir} has no windows")
         val_loss, val_ppl = evaluate(engine, val_batches)
-        record = {"step": state["step"], "val_loss": val_loss, "val_ppl": val_ppl, "eval_only": True}
+        record = {"step": state.step, "val_loss": val_loss, "val_ppl": val_ppl, "eval_only": True}
         if ctx.rank == 0:
             print(f"[sparseehr] eval-only: val_loss={val_loss:.6f} val_ppl={val_ppl:.4f}", flush=True)
             Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-            with (Path(cfg.out_dir) / METRICS_FILE).open("a") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
+            rundir.repair_metrics(cfg.out_dir)
+            rundir.append_metrics(cfg.out_dir, record)
         return record
 
-    writer = MetricsWriter(cfg.out_dir, ctx.rank == 0, ctx.total_steps, state["step"])
+    writer = MetricsWriter(cfg.out_dir, ctx.rank == 0, ctx.total_steps, state.step)
     flops_per_token = ctx.flops_per_token
     peak, peak_source = peak_tflops(cfg.peak_tflops)
     if ctx.rank == 0:
         print(f"[sparseehr] {ctx.world_size} rank(s), ep={ctx.ep_size}, seq_len={ctx.seq_len}, "
-              f"steps {state['step']}->{ctx.total_steps}, peak {peak:.3g} TFLOPs/rank ({peak_source})", flush=True)
-    preemption = ckpt.PreemptionFlag().install()
+              f"steps {state.step}->{ctx.total_steps}, peak {peak:.3g} TFLOPs/rank ({peak_source})", flush=True)
     record: dict[str, Any] = {}
     try:
-        while state["step"] < ctx.total_steps:
-            started = time.perf_counter()
-            lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside the step)
-            result = train_step(engine, loader, cfg.grad_accum_steps)
-            grad_norm = engine.get_global_grad_norm()
-            # One all-reduce carries the step's figures and the preemption vote (any rank signalled -> all stop).
-            counts = result.expert_counts if result.expert_counts is not None else torch.zeros(0)
-            summary = torch.cat([torch.tensor([result.loss, result.lm_loss, result.aux_loss, result.real_tokens,
-                                               float(preemption.raised)], dtype=torch.float64),
-                                 counts.flatten().double()])
-            dist.all_reduce(summary)
-            elapsed = time.perf_counter() - started
-            state["step"] += 1
-            state["tokens_seen"] += int(summary[3])
-            step, world = state["step"], ctx.world_size
-            is_last = step == ctx.total_steps
-            tokens_per_s = float(summary[3]) / elapsed
-            record = {"step": step, "loss": summary[0].item() / world, "lm_loss": summary[1].item() / world,
-                      "aux_loss": summary[2].item() / world, "lr": lr,
-                      "grad_norm": None if grad_norm is None else float(grad_norm),
-                      "tokens_per_s": tokens_per_s, "step_time_s": elapsed, "tokens": state["tokens_seen"],
-                      "mfu": flops_per_token * tokens_per_s / (peak * 1e12 * world), "epoch": loader.position.epoch}
-            if counts.numel():
-                fractions = expert_load_fractions(summary[5:].view_as(counts))
-                record.update(expert_load=fractions, expert_load_std=expert_load_std(fractions))
-            if val_batches and ((cfg.eval_interval and step % cfg.eval_interval == 0) or is_last):
-                record["val_loss"], record["val_ppl"] = evaluate(engine, val_batches)
-            if step % cfg.log_interval == 0 or is_last or "val_loss" in record:
-                record["peak_rss_mb"] = peak_rss_mb()  # collective: every rank reaches this line on the same steps
-                writer.write(record)
-            writer.advance()
-            preempted = summary[4].item() > 0
-            if preempted or is_last or (cfg.ckpt_interval and step % cfg.ckpt_interval == 0):
-                save(engine, cfg, ctx, state, loader)
-            if preempted:
-                if ctx.rank == 0:
-                    print(f"[sparseehr] {preemption.signal_name or 'signal on another rank'}: checkpointed at step "
-                          f"{step}; continue with --resume", flush=True)
-                break
+        with checkpoints.preemption as preemption:
+            while state.step < ctx.total_steps:
+                started = time.perf_counter()
+                lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside the step)
+                result = train_step(engine, loader, cfg.grad_accum_steps)
+                grad_norm = engine.get_global_grad_norm()
+                # One all-reduce carries the step's figures and the preemption vote (any rank signalled: all stop).
+                counts = result.expert_counts if result.expert_counts is not None else torch.zeros(0)
+                summary = torch.cat([torch.tensor([result.loss, result.lm_loss, result.aux_loss, result.real_tokens,
+                                                   float(preemption.raised)], dtype=torch.float64),
+                                     counts.flatten().double()])
+                dist.all_reduce(summary)
+                elapsed = time.perf_counter() - started
+                state.step += 1
+                state.tokens_seen += int(summary[3])
+                step, world = state.step, ctx.world_size
+                is_last = step == ctx.total_steps
+                tokens_per_s = float(summary[3]) / elapsed
+                record = {"step": step, "loss": summary[0].item() / world, "lm_loss": summary[1].item() / world,
+                          "aux_loss": summary[2].item() / world, "lr": lr,
+                          "grad_norm": None if grad_norm is None else float(grad_norm),
+                          "tokens_per_s": tokens_per_s, "step_time_s": elapsed, "tokens": state.tokens_seen,
+                          "mfu": flops_per_token * tokens_per_s / (peak * 1e12 * world),
+                          "epoch": loader.position.epoch}
+                if counts.numel():
+                    fractions = expert_load_fractions(summary[5:].view_as(counts).numpy())
+                    record.update(expert_load=fractions.tolist(), expert_load_std=expert_load_std(fractions))
+                if val_batches and ((cfg.eval_interval and step % cfg.eval_interval == 0) or is_last):
+                    record["val_loss"], record["val_ppl"] = evaluate(engine, val_batches)
+                if step % cfg.log_interval == 0 or is_last or "val_loss" in record:
+                    record["peak_rss_mb"] = peak_rss_mb()  # collective: every rank reaches it on the same steps
+                    writer.write(record)
+                writer.advance()
+                preempted = summary[4].item() > 0
+                if checkpoints.should_save(step, ctx.total_steps, preempted):
+                    checkpoints.save()
+                if preempted:
+                    if ctx.rank == 0:
+                        print(f"[sparseehr] {preemption.signal_name or 'signal on another rank'}: checkpointed at "
+                              f"step {step}; continue with --resume", flush=True)
+                    break
     finally:
-        preemption.uninstall()
         writer.close()
     return record
 
@@ -173,19 +162,4 @@ def peak_rss_mb() -> float:
     return float(peak.item())
 
 
-def save(engine, cfg: TrainConfig, ctx: RunContext, state: dict[str, Any], loader) -> str:
-    client_state = {"sparseehr": {**state, **ctx.invariants()}}
-    rank_state = {"step": state["step"], "data_position": loader.state_dict()}
-    return ckpt.save_checkpoint(engine, cfg.out_dir, state["step"], client_state, rank_state, cfg.keep_last)
-
-
-def truncate_metrics(run_dir: str | Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from, so metrics.jsonl has one record per step."""
-    path = Path(run_dir) / "metrics.jsonl"
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-    tmp.replace(path)
-
-
-__all__ = ["train", "train_step", "forward_backward_step", "evaluate", "TrainingError", "truncate_metrics"]
+__all__ = ["train", "train_step", "forward_backward_step", "evaluate", "TrainingError"]

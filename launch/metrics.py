@@ -1,4 +1,4 @@
-"""What a run reports: metrics.jsonl (one JSON object per logged step), a tqdm bar, MFU and expert load.
+"""What a run reports: metrics.jsonl records (written through launch/rundir.py), a tqdm bar, and MFU.
 
 MFU = achieved model FLOPs / peak FLOPs, with model FLOPs per token from sparseehr.model.accounting
 (flops_per_token(config, seq_len, training=True): forward + backward, active parameters only). The peak comes
@@ -8,14 +8,13 @@ of what this CPU's matmul achieves.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-METRICS_FILE = "metrics.jsonl"
+from sparseehr.launch import rundir
 
 # Dense (no sparsity) bf16 peak TFLOPs per device.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
@@ -48,36 +47,16 @@ def peak_tflops(override: float | None) -> tuple[float, str]:
     return measured_matmul_tflops(), "measured fp32 matmul"
 
 
-def expert_load_fractions(counts: torch.Tensor) -> list[list[float]]:
-    """[num_moe_layers, num_experts] token counts -> per-layer fraction of tokens per expert.
-
-    >>> expert_load_fractions(torch.tensor([[3.0, 1.0], [0.0, 0.0]]))
-    [[0.75, 0.25], [0.0, 0.0]]
-    """
-    totals = counts.sum(dim=-1, keepdim=True).clamp_min(1)
-    return (counts / totals).tolist()
-
-
-def expert_load_std(fractions: list[list[float]]) -> float:
-    """Mean over MoE layers of the (population) std of the per-expert load fractions; 0 = perfectly balanced.
-
-    >>> round(expert_load_std([[0.75, 0.25], [0.5, 0.5]]), 6)
-    0.125
-    """
-    if not fractions:
-        return 0.0
-    stds = [torch.tensor(layer).std(unbiased=False).item() for layer in fractions]
-    return float(sum(stds) / len(stds))
-
-
 class MetricsWriter:
-    """Appends to RUN_DIR/metrics.jsonl (rank 0 only) and drives the progress bar."""
+    """Appends to RUN_DIR/metrics.jsonl (rank 0 only) and drives the progress bar. A torn last record left by an
+    earlier kill is cut off first, so every append starts on a fresh line."""
 
     def __init__(self, run_dir: str | Path, enabled: bool, total_steps: int, start_step: int) -> None:
         self.enabled = enabled
-        self.path = Path(run_dir) / METRICS_FILE
+        self.run_dir = Path(run_dir)
         self.bar = None
         if enabled:
+            rundir.repair_metrics(self.run_dir)
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
@@ -85,8 +64,7 @@ class MetricsWriter:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        rundir.append_metrics(self.run_dir, record)
         shown = {k: record[k] for k in ("loss", "lr", "tokens_per_s", "val_loss") if record.get(k) is not None}
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
@@ -97,10 +75,3 @@ class MetricsWriter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

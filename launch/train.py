@@ -81,13 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sparseehr train: error: {exc}", file=sys.stderr)
         return 2
+    from sparseehr.launch.checkpoint import CheckpointError
     from sparseehr.launch.loop import TrainingError, train
+    from sparseehr.launch.rundir import RunDirError
 
     try:
         train(cfg, eval_only=args.eval_only)
-    except (ConfigError, TrainingError) as exc:
+    except (ConfigError, TrainingError, CheckpointError) as exc:
         print(f"sparseehr train: error: {exc}", file=sys.stderr)
         return 2
+    except RunDirError as exc:  # a damaged RUN_DIR file: a data error, not a usage error
+        print(f"sparseehr train: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,9 +24,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 
 from sparseehr.model.configuration_sparseehr import SparseEHRConfig
+from sparseehr.model.loss import next_token_nll
 from sparseehr.model.transformers_compat import CACHE_FIELD, CACHE_NAMES, output_cache, resolve_cache_argument
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -469,20 +468,8 @@ class SparseEHRForCausalLM(SparseEHRPreTrainedModel, GenerationMixin):
         if labels is not None:
             if logits_to_keep:
                 raise ValueError("labels and logits_to_keep cannot be combined: the loss needs every position")
-            # Shift the labels, not the logits: slicing [B, T, V] logits costs a copy forward and a zero-filled
-            # full-size gradient backward.
-            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # targets[t] = labels[t + 1]
-            if position_ids is not None:
-                pos = position_ids if position_ids.dim() == 2 else position_ids[None]
-                # The next patient's first token (position restarts at 0) is never a target of the previous one.
-                restarts = F.pad(pos[:, 1:] == 0, (0, 1), value=False)
-                targets = targets.masked_fill(restarts.expand_as(targets), IGNORE_INDEX)
-            token_losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                           ignore_index=IGNORE_INDEX, reduction="sum")
-            if num_items_in_batch is not None:
-                denominator = num_items_in_batch
-            else:
-                denominator = (targets != IGNORE_INDEX).sum().clamp(min=1)
+            token_losses, n_targets = next_token_nll(logits, labels, position_ids)
+            denominator = num_items_in_batch if num_items_in_batch is not None else n_targets.clamp(min=1)
             lm_loss = token_losses / denominator
             loss = lm_loss
             if outputs.aux_loss is not None:

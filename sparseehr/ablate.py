@@ -44,22 +44,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def variant_row(run_dir: Path, model_config: dict) -> dict:
+def variant_row(run_dir: Path) -> dict:
     """Figures of one finished variant from its metrics.jsonl and the model's closed-form accounting."""
+    from sparseehr.launch.rundir import load_model_config, metrics_path, read_metrics
     from sparseehr.model.accounting import count_parameters
-    from sparseehr.model.configuration_sparseehr import SparseEHRConfig
 
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     train = [r for r in records if "step_time_s" in r]
     # The first logged interval includes start-up (graph warm-up, allocator growth): leave it out of the timing.
     timed = train[1:] if len(train) > 1 else train
     validations = [r for r in records if "val_loss" in r]
     if not timed or not validations:
-        raise StageError(f"{run_dir}/metrics.jsonl has no timed steps or no validation loss")
-    counts = count_parameters(SparseEHRConfig(**model_config))
+        raise StageError(f"{metrics_path(run_dir)} has no timed steps or no validation loss")
+    model_config = load_model_config(run_dir)
+    counts = count_parameters(model_config)
     loads = [r["expert_load_std"] for r in timed if r.get("expert_load_std") is not None]
     return {
-        "dense_layers": model_config["first_k_dense_replace"],
+        "dense_layers": model_config.first_k_dense_replace,
         "total_params": counts.total,
         "active_params_per_token": counts.active_per_token,
         "step_time_s": statistics.median(r["step_time_s"] for r in timed),
@@ -149,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                           "--model-override", f"first_k_dense_replace={dense}", "--resume"]
             stages.run(f"train D={dense}", run_dir,
                        lambda: run_subprocess(train_command(args.ranks, train_args), run_dir / "train.log"))
-            model_config = json.loads((run_dir / "model_config" / "config.json").read_text())
-            rows.append(variant_row(run_dir, model_config))
+            rows.append(variant_row(run_dir))
     except StageError as error:
         print(f"sparseehr ablate: {error}", file=sys.stderr)
         return 1

@@ -84,16 +84,9 @@ def train_command(ranks: int, train_args: list[str]) -> list[str]:
     """`sparseehr train` in one process, or the `deepspeed` launcher for several ranks on this machine."""
     if ranks == 1:
         return [sys.executable, "-m", "sparseehr", "train", *train_args]
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port",
-            str(_free_port()), "--module", "sparseehr.launch.train", *train_args]
+    from sparseehr.launch.launcher import deepspeed_command
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return deepspeed_command(ranks, train_args)
 
 
 def read_json(path: Path) -> dict:

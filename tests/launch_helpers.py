@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 from sparseehr.data_pipeline import schema
+from sparseehr.launch import launcher
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = ["E119", "I10", "J449", "N183"]
@@ -125,12 +124,6 @@ def build_tiny_datadir(root: Path, patients_per_split: dict[str, int] | None = N
     return root
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
@@ -139,9 +132,8 @@ def subprocess_env() -> dict[str, str]:
 
 
 def deepspeed_command(num_ranks: int, args: list[str]) -> list[str]:
-    """`deepspeed --num_gpus N launch/train.py ARGS` on a free port, via this interpreter."""
-    return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(num_ranks),
-            "--master_port", str(free_port()), str(REPO_ROOT / "launch" / "train.py"), *args]
+    """`deepspeed --num_gpus N launch/train.py ARGS` on a free port, via this interpreter (the form the docs show)."""
+    return launcher.deepspeed_command(num_ranks, args, as_script=True)
 
 
 def run_deepspeed(num_ranks: int, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -149,5 +141,9 @@ def run_deepspeed(num_ranks: int, args: list[str], timeout: float = 120) -> subp
                           timeout=timeout, cwd=REPO_ROOT)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_jsonl(path: Path, torn_tail_ok: bool = False) -> list[dict]:
+    """Records of a JSON-lines file, read here independently of launch/rundir.py. A last line without its newline
+    (a kill during an append) is an error unless torn_tail_ok, then it is left out."""
+    *lines, tail = path.read_text().split("\n")
+    assert torn_tail_ok or tail == "", f"{path}: torn last line {tail!r}"
+    return [json.loads(line) for line in lines if line.strip()]

@@ -8,6 +8,7 @@ import torch
 from launch_helpers import build_tiny_datadir
 from sparseehr.data_pipeline import schema
 from sparseehr.launch import checkpoint as ckpt
+from sparseehr.launch import rundir
 from sparseehr.launch.data import (PackedTrainLoader, collate_packed, load_windows_split, pack_next_fit,
                                    validation_batches, window_lengths)
 
@@ -100,12 +101,15 @@ def test_packed_rows_do_not_attend_across_patients(tiny_datadir):
 
 def test_prune_keeps_last_n_and_latest(tmp_path):
     for step in (3, 6, 9, 12):
-        (tmp_path / ckpt.tag_for_step(step)).mkdir()
+        (tmp_path / rundir.tag_for_step(step)).mkdir()
     (tmp_path / "global_step_notes").mkdir()  # not a tag: never touched
-    ckpt.write_latest_tag(tmp_path, "global_step12")
+    rundir.write_latest_tag(tmp_path, "global_step12")
     assert ckpt.prune_checkpoints(tmp_path, keep_last=2) == ["global_step3", "global_step6"]
-    assert ckpt.list_tags(tmp_path) == ["global_step9", "global_step12"]
+    assert rundir.list_tags(tmp_path) == ["global_step9", "global_step12"]
     assert (tmp_path / "global_step_notes").is_dir()
-    ckpt.write_latest_tag(tmp_path, "global_step9")  # latest older than the newest: still kept
+    rundir.write_latest_tag(tmp_path, "global_step9")  # latest older than the newest: still kept
     assert ckpt.prune_checkpoints(tmp_path, keep_last=1) == []
-    assert ckpt.read_latest_tag(tmp_path) == "global_step9"
+    assert rundir.read_latest_tag(tmp_path) == "global_step9"
+    # A resume from global_step9 removes the newer, never committed global_step12.
+    assert ckpt.drop_uncommitted_tags(tmp_path, "global_step9") == ["global_step12"]
+    assert rundir.list_tags(tmp_path) == ["global_step9"]

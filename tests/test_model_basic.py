@@ -1,6 +1,8 @@
 """SparseEHR model: shapes, config validation, presets, Auto-class registration and save/load round trip."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -127,7 +129,7 @@ def test_save_pretrained_refuses_expert_parallel_models(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("module_name", ["configuration_sparseehr", "presets", "accounting"])
+@pytest.mark.parametrize("module_name", ["configuration_sparseehr", "presets", "accounting", "loss", "expert_stats"])
 def test_docstring_examples(module_name):
     import doctest
     import importlib
@@ -135,3 +137,21 @@ def test_docstring_examples(module_name):
     module = importlib.import_module(f"sparseehr.model.{module_name}")
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_expert_load_std_hand_values():
+    from sparseehr.model.expert_stats import expert_load_fractions, expert_load_std
+
+    # counts 6, 2, 0, 0: fractions .75 .25 0 0, mean .25, squared deviations .25 0 .0625 .0625 -> variance .09375
+    assert expert_load_std(expert_load_fractions([[6, 2, 0, 0]])) == pytest.approx(math.sqrt(0.09375))
+    # one expert takes every token: sqrt(E - 1) / E; balanced: 0; the model figure is the mean over layers
+    assert expert_load_std([[1.0, 0.0, 0.0, 0.0], [0.25] * 4]) == pytest.approx(math.sqrt(3) / 4 / 2)
+
+
+def test_next_token_nll_hand_case():
+    from sparseehr.model.loss import next_token_nll
+
+    # Uniform logits over 10 tokens: every target costs log 10. Labels 5 6 7 8 with a segment restart at t=2:
+    # targets are 6 (t=0) and 8 (t=2); t=1 would predict the next segment's first token, t=3 has no next token.
+    nll, count = next_token_nll(torch.zeros(1, 4, 10), torch.tensor([[5, 6, 7, 8]]), torch.tensor([[0, 1, 0, 1]]))
+    assert int(count) == 2 and float(nll) == pytest.approx(2 * math.log(10))

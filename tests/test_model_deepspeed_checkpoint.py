@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from sparseehr.launch.launcher import free_port
 
 SCRIPT = textwrap.dedent(r'''
     import json, os, sys
@@ -79,12 +80,6 @@ SCRIPT = textwrap.dedent(r'''
     }
     print("REPORT" + json.dumps(report))
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_checkpoint_round_trip(tmp_path, mode: str) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,17 @@ REGION_WEIGHTS = (0.17, 0.21, 0.38, 0.24)
 REGION_SHIFTS = {"South": {"obesity": 0.2, "t2_diabetes": 0.15, "hypertension": 0.15},
                  "West": {"obesity": -0.15, "tobacco": -0.2}, "Midwest": {"tobacco": 0.15}}
 SPLITS = ("train", "tuning", "held_out")
+DISTRIBUTION = "sparseehr"
+
+
+def etl_version() -> str:
+    """The installed distribution's version, for MEDS metadata. Read from the package metadata rather than
+    `sparseehr.__version__`: importing the top package would load the model package into data_pipeline."""
+    try:
+        return importlib_metadata.version(DISTRIBUTION)
+    except importlib_metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown"
+
 SPLIT_WEIGHTS = (0.8, 0.1, 0.1)
 
 MEDS_SCHEMA = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
@@ -86,10 +98,8 @@ class ClaimsChunkWriter:
         self.splits.close()
         self.truth_visits.close()
         self.truth_patients.close()
-        from sparseehr import __version__
-
         metadata = {"dataset_name": dataset_name, "dataset_version": f"seed{seed}-n{n_patients}",
-                    "etl_name": "sparseehr synth --system claims", "etl_version": __version__, "meds_version": "0.4",
+                    "etl_name": "sparseehr synth --system claims", "etl_version": etl_version(), "meds_version": "0.4",
                     "description": "synthetic outpatient claims (SparseEHR simulator); REGION//<name> is a static "
                                    "row added by this ETL"}
         (self.out / "metadata" / "dataset.json").write_text(json.dumps(metadata, indent=2) + "\n")
