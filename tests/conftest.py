@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# DeepSpeed JIT-builds its CPU shm op into TORCH_EXTENSIONS_DIR (default: one folder per user). Environments with
+# other DeepSpeed releases (the drift checks' .venv-latest / .venv-oldest) would overwrite each other's build
+# there and break every DeepSpeed start of the others; keep one build per environment.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
