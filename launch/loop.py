@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from sparseehr.launch import checkpoint as ckpt
 from sparseehr.launch.config import TrainConfig
 from sparseehr.launch.data import IGNORE_INDEX, validation_batches
+from sparseehr.launch.probe import CopyProbe
 from sparseehr.launch.metrics import (METRICS_FILE, MetricsWriter, expert_load_fractions, expert_load_std,
                                       peak_tflops, read_metrics)
 from sparseehr.launch.context import RunContext, TrainingError, prepare_run  # noqa: F401  (re-exported)
@@ -108,6 +109,7 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
                 handle.write(json.dumps(record, sort_keys=True) + "\n")
         return record
 
+    copy_probe = CopyProbe.from_run(cfg.data_dir, ctx.val_dataset, ctx.rank, ctx.world_size, ctx.pad_id)
     writer = MetricsWriter(cfg.out_dir, ctx.rank == 0, ctx.total_steps, state["step"])
     flops_per_token = ctx.flops_per_token
     peak, peak_source = peak_tflops(cfg.peak_tflops)
@@ -144,6 +146,7 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
                 record.update(expert_load=fractions, expert_load_std=expert_load_std(fractions))
             if val_batches and ((cfg.eval_interval and step % cfg.eval_interval == 0) or is_last):
                 record["val_loss"], record["val_ppl"] = evaluate(engine, val_batches)
+                record.update(copy_probe(engine) if copy_probe else {})   # launch/probe.py (issue 12)
             if step % cfg.log_interval == 0 or is_last or "val_loss" in record:
                 record["peak_rss_mb"] = peak_rss_mb()  # collective: every rank reaches this line on the same steps
                 writer.write(record)
