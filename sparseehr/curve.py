@@ -29,10 +29,13 @@ def _tokens_at(run_dir: Path) -> dict[int, dict]:
 def curve_points(run_dir: Path, data_dir: Path, out: Path, max_patients: int | None, step_limit: int,
                  seed: int = 0) -> dict:
     from sparseehr.eval.cli import main as eval_main
-    from sparseehr.launch.checkpoint import TAG_PATTERN, list_tags
+    from sparseehr.launch.checkpoint import TAG_PATTERN, list_tags, read_latest_tag
     from sparseehr.launch.export import export_run
 
-    tags = sorted(list_tags(run_dir), key=lambda t: int(TAG_PATTERN.match(t).group(1)))
+    # Only complete checkpoints: a tag newer than `latest` may still be being written by a running job.
+    latest = read_latest_tag(run_dir)
+    last_step = int(TAG_PATTERN.match(latest).group(1)) if latest else -1
+    tags = [t for t in list_tags(run_dir) if int(TAG_PATTERN.match(t).group(1)) <= last_step]
     if not tags:
         raise FileNotFoundError(f"{run_dir}: no checkpoint tags (global_step<N>) to evaluate")
     metrics = _tokens_at(run_dir)
