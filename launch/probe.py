@@ -36,6 +36,9 @@ class CopyProbe:
         self.rank, self.world_size, self.pad_id = rank, world_size, pad_id
         per_rank = len(windows) // world_size
         self.windows = windows[rank * per_rank:(rank + 1) * per_rank]
+        # One padded length for every batch of every rank: under expert parallelism the ranks' MoE all-to-alls
+        # exchange fixed-shape buffers, so every forward must see the same [batch, seq_len] on each rank.
+        self.seq_len = max(len(w) for w in windows[:per_rank * world_size])
         self.open_id = vocab[schema.VISIT_OPEN_TOKEN]
         self.close_id = vocab[schema.VISIT_CLOSE_TOKEN]
         dx = sorted((i, t) for t, i in vocab.items() if t.startswith(schema.DX_PREFIX) and t != schema.DX_UNK_TOKEN)
@@ -94,8 +97,7 @@ class CopyProbe:
         totals = np.zeros(6, dtype=np.float64)
         for start in range(0, len(self.windows), PROBE_BATCH):
             chunk = self.windows[start:start + PROBE_BATCH]
-            seq_len = max(len(w) for w in chunk)
-            batch = collate_packed([[w] for w in chunk], seq_len, self.pad_id)
+            batch = collate_packed([[w] for w in chunk], self.seq_len, self.pad_id)
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          position_ids=batch["position_ids"], use_cache=False)
