@@ -12,7 +12,7 @@ import bisect
 from collections.abc import Mapping, Sequence
 
 from sparseehr.eval.cohort import is_diabetes_code
-from sparseehr.eval.frequency import codes_by_frequency
+from sparseehr.data_pipeline.frequency import codes_by_frequency
 from sparseehr.eval.instances import Instance
 from sparseehr.eval.ranking import Ranking
 

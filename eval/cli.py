@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from sparseehr.data_pipeline import schema
 from sparseehr.eval import baselines
 from sparseehr.eval.cohort import build_screening_cohort
-from sparseehr.eval.frequency import DEFAULT_COMMON_COVERAGE, common_codes
+from sparseehr.data_pipeline.frequency import DEFAULT_COMMON_COVERAGE, common_codes
 from sparseehr.eval.instances import build_instances, load_splits
 from sparseehr.eval.nextvisit import DEFAULT_KS, evaluate_rankings, target_vocabulary_summary
 from sparseehr.eval.report import (REPORT_JSON, REPORT_MD, json_writer, markdown_table, recall_plot_writer,

@@ -57,7 +57,8 @@ def evaluate_screening(validation: ScreeningCohort, validation_rankings: Sequenc
                        test: ScreeningCohort, test_rankings: Sequence[Ranking], k_grid: Sequence[int]) -> dict:
     validation_sweep = sweep(validation.labels, validation_rankings, k_grid)
     k_cls, how = choose_k_cls(validation_sweep, validation.labels)
-    test_metrics = binary_metrics(test.labels, predict_positive(test_rankings, k_cls))
+    predicted = predict_positive(test_rankings, k_cls)
+    test_metrics = binary_metrics(test.labels, predicted)
     scores = [r.diabetes_score for r in test_rankings]
     return {
         "k_cls": k_cls,
@@ -66,8 +67,27 @@ def evaluate_screening(validation: ScreeningCohort, validation_rankings: Sequenc
         "test": {**{key: _clean(test_metrics[key]) for key in SWEEP_KEYS},
                  "auroc": _clean(auroc(test.labels, scores)) if len(scores) else None,
                  "auprc": _clean(auprc(test.labels, scores)) if len(scores) else None,
+                 "balanced_accuracy_ci": bootstrap_balanced_accuracy(test.labels, predicted),
                  **{key: test_metrics[key] for key in ("tp", "fp", "fn", "tn")}},
     }
+
+
+def bootstrap_balanced_accuracy(labels: np.ndarray, predicted: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                                alpha: float = 0.05) -> list[float] | None:
+    """Percentile bootstrap 95% interval of the balanced accuracy, resampling cohort instances (one per patient,
+    so this is a patient bootstrap). None when the cohort lacks cases or controls."""
+    labels, predicted = np.asarray(labels, bool), np.asarray(predicted, bool)
+    if labels.all() or not labels.any():
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, labels.size, size=(n_boot, labels.size))
+    y, p = labels[idx], predicted[idx]
+    pos, neg = y.sum(axis=1), (~y).sum(axis=1)
+    ok = (pos > 0) & (neg > 0)
+    tpr = (y & p).sum(axis=1)[ok] / pos[ok]
+    tnr = (~y & ~p).sum(axis=1)[ok] / neg[ok]
+    ba = (tpr + tnr) / 2
+    return [float(np.quantile(ba, alpha / 2)), float(np.quantile(ba, 1 - alpha / 2))]
 
 
 def predictions_table(cohort: ScreeningCohort, rankings: Sequence[Ranking], k_cls: int) -> pa.Table:

@@ -14,6 +14,7 @@ from sparseehr.launch.config import TrainConfig
 from sparseehr.launch.context import RunContext, TrainingError, prepare_run
 from sparseehr.launch.data import validation_batches
 from sparseehr.launch.metrics import MetricsWriter, peak_tflops
+from sparseehr.launch.probe import CopyProbe
 from sparseehr.model.expert_stats import expert_load_fractions, expert_load_std
 from sparseehr.model.loss import next_token_nll
 
@@ -97,6 +98,7 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
             rundir.append_metrics(cfg.out_dir, record)
         return record
 
+    copy_probe = CopyProbe.from_run(cfg.data_dir, ctx.val_dataset, ctx.rank, ctx.world_size, ctx.pad_id)
     writer = MetricsWriter(cfg.out_dir, ctx.rank == 0, ctx.total_steps, state.step)
     flops_per_token = ctx.flops_per_token
     peak, peak_source = peak_tflops(cfg.peak_tflops)
@@ -134,6 +136,7 @@ def train(cfg: TrainConfig, eval_only: bool = False) -> dict[str, Any]:
                     record.update(expert_load=fractions.tolist(), expert_load_std=expert_load_std(fractions))
                 if val_batches and ((cfg.eval_interval and step % cfg.eval_interval == 0) or is_last):
                     record["val_loss"], record["val_ppl"] = evaluate(engine, val_batches)
+                    record.update(copy_probe(engine) if copy_probe else {})  # launch/probe.py
                 if step % cfg.log_interval == 0 or is_last or "val_loss" in record:
                     record["peak_rss_mb"] = peak_rss_mb()  # collective: every rank reaches it on the same steps
                     writer.write(record)

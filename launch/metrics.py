@@ -65,7 +65,8 @@ class MetricsWriter:
         if not self.enabled:
             return
         rundir.append_metrics(self.run_dir, record)
-        shown = {k: record[k] for k in ("loss", "lr", "tokens_per_s", "val_loss") if record.get(k) is not None}
+        shown = {k: record[k] for k in ("loss", "lr", "tokens_per_s", "mfu", "val_loss", "copy_r10_rare")
+                 if record.get(k) is not None}
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
 
     def advance(self, steps: int = 1) -> None:

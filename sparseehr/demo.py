@@ -1,10 +1,12 @@
 """`sparseehr demo`: the main job, from raw records to a zero-shot transfer report.
 
-    synth claims (MEDS)  ─> prepare ─> train (DeepSpeed) ─> export (HF) ─┐
+    synth claims (MEDS)  ─> prepare ─> train (DeepSpeed) ─> export (HF) ─┬─> in-distribution diabetes screening
     synth mimic (CSV.gz) ─> prepare --vocab-from claims ─────────────────┼─> eval next-visit + screening
     real MIMIC-IV demo   ─> prepare --vocab-from claims ─────────────────┘      (model beside both baselines)
+                                          learning curve (each kept checkpoint on the synthetic target) <─┘
 
-It ends with one table (model vs baselines: R@10, R@20, screening balanced accuracy, for both targets) and the
+It ends with one table (model vs baselines: R@10, R@20 with patient-bootstrap 95% intervals, screening balanced
+accuracy, for both targets and the pretraining system's own held-out patients), the learning curve, and the
 paths of every report and plot. Every stage writes its own folder under --out; `--resume` skips finished stages.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ EP_DIVIDES = 4  # the presets' expert count: ep_size must divide it
 
 TARGET_SYNTH = "synthetic-mimic"
 TARGET_DEMO = "mimic-iv-demo"
+TARGET_IN_DIST = "claims-held-out"   # in-distribution screening on the pretraining system (the paper's setting)
 SYSTEMS = ("model", "baseline:frequency", "baseline:history")
 
 
@@ -44,16 +47,18 @@ class DemoConfig:
 
     out: Path
     preset: str = "small"
-    claims_patients: int = 12000
+    claims_patients: int = 20000
     mimic_patients: int = 2000
     seed: int = 0
     max_len: int = 256
-    max_steps: int = 1200
+    max_steps: int = 1000
     micro_batch: int = 16
     lr: float = 3e-3
-    ranks: int = 1
+    ranks: int = 2
     ep_size: int = 1
     eval_patients: int | None = None
+    curve_points: int = 4
+    curve_patients: int = 150
     step_limit: int = 24
     mimic_demo: Path | None = None
     resume: bool = False
@@ -62,7 +67,7 @@ class DemoConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         for name in ("claims_patients", "mimic_patients", "max_len", "max_steps", "micro_batch", "ranks",
-                     "ep_size", "eval_patients", "step_limit"):
+                     "ep_size", "eval_patients", "step_limit", "curve_points", "curve_patients"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.ep_size > 1 and (self.ranks % self.ep_size or EP_DIVIDES % self.ep_size):
@@ -90,6 +95,10 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
                         help="evaluate a seeded subset of this many patients per split of the synthetic target "
                              "(default: all)")
     parser.add_argument("--step-limit", type=int, default=defaults.step_limit, help="rollout tokens per visit")
+    parser.add_argument("--curve-points", type=int, default=defaults.curve_points,
+                        help="checkpoints kept (evenly spaced) and evaluated for the learning curve")
+    parser.add_argument("--curve-patients", type=int, default=defaults.curve_patients,
+                        help="seeded synthetic-target patients per split for each learning-curve point")
     parser.add_argument("--mimic-demo", type=Path, default=None,
                         help="real MIMIC-IV hosp folder (default: ../shared/data/mimic-iv-demo-2.2/hosp)")
     parser.add_argument("--resume", action="store_true", help="skip stages finished by an earlier run")
@@ -119,7 +128,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     targets = {TARGET_SYNTH: out / "data" / "mimic"}
     if have_demo:
         targets[TARGET_DEMO] = out / "data" / "mimic_demo"
-    stages = StageRunner(out, resume=cfg.resume, total=6 + int(have_demo) + 3 * len(targets))
+    stages = StageRunner(out, resume=cfg.resume, total=8 + int(have_demo) + 3 * len(targets))
     common = ["--max-len", str(cfg.max_len), "--no-progress"]
 
     raw_claims, raw_mimic = out / "raw" / "claims", out / "raw" / "mimic"
@@ -145,13 +154,33 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_args = ["--preset", cfg.preset, "--data", str(claims_data), "--out", str(run_dir),
                   "--max-steps", str(cfg.max_steps), "--seq-len", str(cfg.max_len),
                   "--micro-batch", str(cfg.micro_batch), "--lr", str(cfg.lr), "--seed", str(cfg.seed),
-                  "--ep-size", str(cfg.ep_size), "--resume"]
+                  "--ep-size", str(cfg.ep_size), "--resume",
+                  # evenly spaced checkpoints, all kept: the learning curve evaluates each of them
+                  "--ckpt-interval", str(max(cfg.max_steps // cfg.curve_points, 1)),
+                  "--keep-last", str(cfg.curve_points + 1)]
     if cfg.ep_size > 1:
         train_args += ["--deepspeed", "zero2_ep.json"]
     stages.run(f"train the {cfg.preset} hybrid MoE with DeepSpeed ({cfg.ranks} rank(s), ep={cfg.ep_size})",
                run_dir, lambda: run_subprocess(train_command(cfg.ranks, train_args), out / "train.log"))
     stages.run("export to Hugging Face", hf_dir, lambda: _in_process(export_main, [
         "--run", str(run_dir), "--out", str(hf_dir)]))
+
+    from sparseehr.curve import main as curve_main
+
+    curve_dir = out / "eval" / TARGET_SYNTH / "curve"
+    stages.run(f"learning curve on {TARGET_SYNTH} (each kept checkpoint, {cfg.curve_patients} patients/split)",
+               curve_dir, lambda: _in_process(curve_main, [
+                   "--run", str(run_dir), "--data", str(targets[TARGET_SYNTH]), "--out", str(curve_dir),
+                   "--max-patients", str(cfg.curve_patients), "--step-limit", str(cfg.step_limit),
+                   "--seed", str(cfg.seed)]))
+    # In distribution, as the paper screens: the pretraining system's own held-out patients, k_cls chosen on its
+    # validation split and tested on its test split (never seen in training).
+    in_dist_dir = out / "eval" / TARGET_IN_DIST / "screening"
+    stages.run(f"{TARGET_IN_DIST}: diabetes screening (select on validation, test on test)", in_dist_dir,
+               lambda: _in_process(eval_main, [
+                   "screening", "--model", str(hf_dir), "--data", str(claims_data), "--out", str(in_dist_dir),
+                   "--select-on", "validation", "--test-on", "test", "--step-limit", str(cfg.step_limit),
+                   "--seed", str(cfg.seed)]))
 
     reports: dict[str, dict[str, Path]] = {}
     for target, data_dir in targets.items():
@@ -173,6 +202,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         reports[target] = {"next_visit": next_visit_dir, "screening": screening_dir, "routing": routing_dir}
 
     summary = summarize(reports)
+    summary["in_distribution_screening"] = summarize_screening(in_dist_dir)
+    summary["curve"] = read_json(curve_dir / "curve.json")
+    summary["reports"][TARGET_IN_DIST] = {"screening": str(in_dist_dir)}
+    summary["reports"][TARGET_SYNTH]["curve"] = str(curve_dir)
     summary["timings_s"] = stages.timings
     summary["config"] = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(cfg).items()}
     return summary
@@ -188,6 +221,17 @@ def _metric(report: dict, system: str, *keys: str):
     return node
 
 
+def summarize_screening(screening_dir: Path) -> list[dict]:
+    """In-distribution screening rows: BA with its bootstrap interval, AUROC, k_cls, cases, per system."""
+    report = read_json(screening_dir / "report.json")
+    return [{"system": system,
+             "balanced_accuracy": _metric(report, system, "test", "balanced_accuracy"),
+             "balanced_accuracy_ci": _metric(report, system, "test", "balanced_accuracy_ci"),
+             "auroc": _metric(report, system, "test", "auroc"),
+             "k_cls": _metric(report, system, "k_cls"),
+             "n_cases": _metric(report, "model", "cohort", "test", "n_cases")} for system in SYSTEMS]
+
+
 def summarize(reports: dict[str, dict[str, Path]]) -> dict:
     """One row per (target, system): R@10, R@20, screening balanced accuracy, plus report paths."""
     rows = []
@@ -200,6 +244,8 @@ def summarize(reports: dict[str, dict[str, Path]]) -> dict:
                 "system": system,
                 "recall_at_10": _metric(next_visit, system, "recall_at_k", "10"),
                 "recall_at_20": _metric(next_visit, system, "recall_at_k", "20"),
+                "recall_at_10_ci": _metric(next_visit, system, "recall_at_k_ci", "10"),
+                "recall_at_20_ci": _metric(next_visit, system, "recall_at_k_ci", "20"),
                 "screening_balanced_accuracy": _metric(screening, system, "test", "balanced_accuracy"),
                 "screening_k_cls": _metric(screening, system, "k_cls"),
                 "n_instances": next_visit.get("n_instances"),
@@ -213,13 +259,29 @@ def format_table(summary: dict) -> str:
     def cell(value) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    lines = ["| target | system | R@10 | R@20 | screening BA (k_cls) | instances | screening cases |",
+    def with_ci(value, ci) -> str:
+        return cell(value) if not ci else f"{cell(value)} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+    lines = ["| target | system | R@10 [95% CI] | R@20 [95% CI] | screening BA (k_cls) | instances | screening cases |",
              "|---|---|---|---|---|---|---|"]
     for row in summary["rows"]:
         k_cls = row["screening_k_cls"]
-        lines.append(f"| {row['target']} | {row['system']} | {cell(row['recall_at_10'])} | "
-                     f"{cell(row['recall_at_20'])} | {cell(row['screening_balanced_accuracy'])}"
+        lines.append(f"| {row['target']} | {row['system']} | {with_ci(row['recall_at_10'], row.get('recall_at_10_ci'))} | "
+                     f"{with_ci(row['recall_at_20'], row.get('recall_at_20_ci'))} | "
+                     f"{cell(row['screening_balanced_accuracy'])}"
                      f"{'' if k_cls is None else f' ({k_cls})'} | {row['n_instances']} | {row['n_screening_cases']} |")
+    if summary.get("in_distribution_screening"):
+        lines += ["", f"In-distribution diabetes screening ({TARGET_IN_DIST}: the pretraining system's test patients, "
+                      "k_cls chosen on its validation split, 1:1 controls):", "",
+                  "| system | BA [95% CI] | AUROC | k_cls | test cases |", "|---|---|---|---|---|"]
+        for row in summary["in_distribution_screening"]:
+            lines.append(f"| {row['system']} | {with_ci(row['balanced_accuracy'], row['balanced_accuracy_ci'])} | "
+                         f"{cell(row['auroc'])} | {row['k_cls']} | {row['n_cases']} |")
+    if summary.get("curve"):
+        from sparseehr.curve import curve_markdown
+
+        lines += ["", f"Learning curve on {TARGET_SYNTH} (subset per point; see curve.md / curve.png):", "",
+                  curve_markdown(summary["curve"])]
     return "\n".join(lines)
 
 

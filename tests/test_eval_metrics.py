@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from sparseehr.eval.frequency import common_codes
+from sparseehr.data_pipeline.frequency import common_codes
 from sparseehr.eval.metrics import (auprc, auroc, binary_metrics, bootstrap_ci_by_group, mean_recall, micro_recall,
                                     recall_at_k, recall_matrix)
 
@@ -120,3 +120,20 @@ def test_history_split_separates_codes_the_patient_already_had():
     assert split["in_history"]["n_target_codes"] == 2 and split["new"]["n_target_codes"] == 2
     assert split["in_history"]["recall_at_k_micro"] == {"2": 0.5, "5": 1.0}     # I10 at rank 1, J18 at rank 5
     assert split["new"]["recall_at_k_micro"] == {"2": 0.5, "5": 0.5}            # K21 at rank 2, N17 never
+
+
+def test_balanced_accuracy_bootstrap_interval_brackets_the_estimate_and_narrows_with_n() -> None:
+    from sparseehr.eval.screening import bootstrap_balanced_accuracy
+
+    # perfect classifier: every replicate has BA 1
+    labels = np.array([1, 1, 0, 0] * 10, bool)
+    assert bootstrap_balanced_accuracy(labels, labels) == [1.0, 1.0]
+    # no cases -> undefined
+    assert bootstrap_balanced_accuracy(np.zeros(8, bool), np.zeros(8, bool)) is None
+    # a 75%-sensitive, 75%-specific classifier: BA 0.75, the interval brackets it and shrinks with the cohort
+    small = np.array([1, 1, 1, 1, 0, 0, 0, 0] * 5, bool)
+    pred = np.array([1, 1, 1, 0, 0, 0, 0, 1] * 5, bool)
+    lo, hi = bootstrap_balanced_accuracy(small, pred)
+    lo_big, hi_big = bootstrap_balanced_accuracy(np.tile(small, 20), np.tile(pred, 20))
+    assert lo < 0.75 < hi and lo_big < 0.75 < hi_big
+    assert hi_big - lo_big < (hi - lo) / 2

@@ -70,6 +70,11 @@ def test_ep1_and_ep2_agree_on_loss_and_grad_norm(runs):
     # Later steps compound rounding through AdamW; they must still track closely.
     for step in range(2, STEPS + 1):
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=2e-3), step
+    # The copy probe (launch/probe.py) runs on both ranks under DP and under ep=2 (all-to-all in its forwards) and
+    # sums their counts: the two nearly identical models give nearly the same recall.
+    for step in (10, STEPS):
+        for key in ("copy_r10_common", "copy_r10_all", "new_r10"):
+            assert 0.0 <= a[step][key] <= 1.0 and abs(a[step][key] - b[step][key]) <= 0.05, (step, key)
 
 
 @pytest.mark.parametrize("name", ["A", "B"])

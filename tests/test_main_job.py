@@ -11,7 +11,8 @@ import pytest
 from sparseehr import ablate, demo
 
 TINY_DEMO = ["--preset", "tiny", "--claims-patients", "600", "--mimic-patients", "150", "--max-steps", "6",
-             "--micro-batch", "4", "--max-len", "128", "--eval-patients", "30", "--step-limit", "6"]
+             "--micro-batch", "4", "--max-len", "128", "--eval-patients", "30", "--step-limit", "6", "--ranks", "1",
+             "--curve-points", "2", "--curve-patients", "10"]
 
 
 @pytest.mark.slow
@@ -30,10 +31,19 @@ def test_demo_runs_every_stage_and_writes_one_table(tmp_path, mimic_demo_hosp, c
     # The real demo has 175 consecutive visit pairs; a pair whose next visit has no diagnosis is not scored.
     assert 0 < rows[(demo.TARGET_DEMO, "model")]["n_instances"] <= 175
     for paths in summary["reports"].values():
-        for path in paths.values():
-            assert (Path(path) / "report.json").is_file()
+        for kind, path in paths.items():
+            assert (Path(path) / ("curve.json" if kind == "curve" else "report.json")).is_file()
+    # The learning curve: one point per kept checkpoint (steps 3 and 6), the baselines flat beside it.
+    points = summary["curve"]["points"]
+    assert [p["step"] for p in points] == [3, 6] and points[0]["tokens"] < points[1]["tokens"]
+    assert set(summary["curve"]["baselines"]) == {"baseline:frequency", "baseline:history"}
+    assert (out / "eval" / demo.TARGET_SYNTH / "curve" / "curve.png").is_file()
+    # In-distribution screening on the pretraining system's own test split, with a bootstrap interval on BA.
+    in_dist = {row["system"]: row for row in summary["in_distribution_screening"]}
+    assert set(in_dist) == set(demo.SYSTEMS)
     printed = capsys.readouterr().out
-    assert "| target | system | R@10 | R@20 |" in printed
+    assert "| target | system | R@10 [95% CI] | R@20 [95% CI] |" in printed
+    assert "Learning curve" in printed and "In-distribution diabetes screening" in printed
 
     # --resume after losing the export and every evaluation: the finished stages are skipped, the lost ones run
     # again from the kept checkpoint and reproduce the same table (recomputed, not re-read: the reports are gone).

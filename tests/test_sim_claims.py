@@ -52,18 +52,19 @@ def test_codes_follow_the_meds_conventions(claims_out: Path, events) -> None:
         assert len(codes) == 2 and codes[0] in ("GENDER//F", "GENDER//M") and codes[1].startswith("REGION//")
     assert (timed.groupby("subject_id").code.apply(lambda c: (c == "MEDS_BIRTH").sum()) == 1).all()
     prefixes = timed.code.str.extract(r"^([A-Z_]+)")[0]
-    assert set(prefixes) <= {"MEDS_BIRTH", "MEDS_DEATH", "DIAGNOSIS", "HCPCS"}
+    assert set(prefixes) <= {"MEDS_BIRTH", "MEDS_DEATH", "DIAGNOSIS", "PROCEDURE", "HCPCS"}
+    assert timed[prefixes == "PROCEDURE"].code.str.match(r"^PROCEDURE//ICD//10//[0-9A-HJ-NP-Z]{7}$").all()
     assert timed[prefixes == "DIAGNOSIS"].code.str.match(r"^DIAGNOSIS//ICD//10//[A-Z][0-9][0-9A-Z]{1,5}$").all()
     assert timed[prefixes == "HCPCS"].code.str.match(r"^HCPCS//[0-9A-Z]{5}$").all()
     # day-level visits: every timed clinical row is at midnight; rows are sorted by subject then time
-    clinical_rows = timed[prefixes.isin(["DIAGNOSIS", "HCPCS"])]
+    clinical_rows = timed[prefixes.isin(["DIAGNOSIS", "PROCEDURE", "HCPCS"])]
     assert (clinical_rows.time == clinical_rows.time.dt.normalize()).all()
     for shard in (claims_out / "data").rglob("*.parquet"):
         assert _sorted_by_subject_then_time(pq.read_table(shard).to_pandas())
     # outpatient: many visits per patient, a few diagnoses per visit
     dx = clinical_rows[clinical_rows.code.str.startswith("DIAGNOSIS")]
     per_visit = dx.groupby(["subject_id", "time"]).size()
-    assert 2 <= per_visit.mean() <= 6
+    assert 2 <= per_visit.mean() <= 7
     assert per_visit.groupby(level=0).size().median() >= 5
 
 
@@ -128,7 +129,7 @@ def test_truth_onsets_show_the_comorbidity_links(claims_out: Path) -> None:
     ckd = truth.onset_age_ckd.notna()
     assert ckd[diabetes].mean() > 1.5 * ckd[~diabetes].mean()
     visits = pq.read_table(claims_out / "truth" / "visits.parquet").to_pandas()
-    assert set(visits.visit_kind) == {"visit_followup", "visit_wellness", "visit_acute"}
+    assert set(visits.visit_kind) == {"visit_followup", "visit_wellness", "visit_acute", "visit_inpatient"}
 
 def test_truth_visits_match_the_written_diagnoses(claims_out: Path, events) -> None:
     visits = pq.read_table(claims_out / "truth" / "visits.parquet").to_pandas()
@@ -137,3 +138,56 @@ def test_truth_visits_match_the_written_diagnoses(claims_out: Path, events) -> N
     assert len(written) == len(visits)
     for row in visits.head(300).itertuples():
         assert written.loc[(row.subject_id, row.time)] == ["DIAGNOSIS//ICD//10//" + c for c in row.icd10_codes]
+
+
+def _stays_of(n: int, age: float, years: float, onset: np.ndarray | None = None, seed: int = 0):
+    from sparseehr.data_pipeline.simulator.claims import ClaimsChunkWriter, ClaimsSettings
+    from sparseehr.data_pipeline.simulator.codes import build_codebook
+    from sparseehr.data_pipeline.simulator import engine
+    import tempfile
+
+    book = build_codebook()
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = ClaimsChunkWriter(Path(tmp) / "c", book, ClaimsSettings())
+        rng = np.random.default_rng(seed)
+        start = np.full(n, 17000)
+        end = start + int(years * 365.25)
+        if onset is None:
+            onset = np.full((n, len(engine._BASE)), np.inf, dtype=np.float32)
+        personal = engine.personal_tail(rng, book, n, np.full(n, 3.0))
+        stays = writer._stays(rng, np.full(n, age), start, end, onset, np.zeros(n, bool), personal)
+        writer.close("t", 0, n)
+    return book, stays
+
+
+@pytest.mark.parametrize("age, per_1000", [(30.0, 55.0), (70.0, 253.4)])
+def test_inpatient_stays_follow_the_published_rate_by_age(age: float, per_1000: float) -> None:
+    # Nobody has a condition, so the morbidity effect is flat: the stay count is Poisson(rate x years) per person,
+    # at the HCUP rate of the age band of the enrolment's midpoint (national.INPATIENT_STAYS_PER_1000).
+    n, years = 20000, 2.0
+    _, stays = _stays_of(n, age, years)
+    expected = n * years * per_1000 / 1000
+    assert abs(stays[0].size - expected) < 4 * np.sqrt(expected)
+
+
+def test_inpatient_stays_are_coded_as_facility_claims() -> None:
+    from sparseehr.data_pipeline.simulator import clinical
+
+    n = 3000
+    onset = np.full((n, len(clinical.CONDITIONS)), np.inf, dtype=np.float32)
+    diabetic = np.arange(n) < n // 2
+    onset[diabetic, clinical.CONDITION_NAMES.index("t2_diabetes")] = 40.0
+    book, (patient, _, _, episode, _, dx_visit, dx_code, px_visit, _) = _stays_of(n, 70.0, 4.0, onset, seed=3)
+    per_stay = np.bincount(dx_visit, minlength=patient.size)
+    assert per_stay.max() <= 26 and per_stay.min() >= 1           # principal + at most 25 secondary
+    first = np.r_[True, dx_visit[1:] != dx_visit[:-1]]
+    principal = np.array([book.dx_id(e.icd10) for e in clinical.EPISODES])[episode]
+    assert (dx_code[first] == principal[dx_visit[first]]).all()   # the episode's code is the principal diagnosis
+    # Morbidity raises the stay rate: diabetics stay more often than the healthy half.
+    assert np.isin(patient, np.flatnonzero(diabetic)).mean() > 0.55
+    # The chronic comorbidity is coded at most of a diabetic's stays (mimic's 0.85 x 1.3, capped at 1).
+    e11 = book.dx_id("E119")
+    diabetic_stays = np.flatnonzero(diabetic[patient])
+    coded = np.isin(diabetic_stays, dx_visit[dx_code == e11])
+    assert coded.mean() > 0.9
+    assert np.unique(px_visit).size > 0.4 * patient.size          # most stays carry an ICD-10-PCS procedure

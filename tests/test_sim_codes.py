@@ -10,7 +10,7 @@ import numpy as np
 
 from sparseehr.data_pipeline.simulator import clinical, engine
 from sparseehr.data_pipeline.simulator.codes import build_codebook
-from sparseehr.data_pipeline.simulator.mimic import _seq_num
+from sparseehr.data_pipeline.simulator.mimic import seq_num
 
 
 def _package_file(*parts: str) -> Path:
@@ -52,9 +52,9 @@ def test_codebook_tail_is_distinct_from_the_named_categories() -> None:
     assert book.dx_icd9.size == book.dx_icd10.size and all(book.dx_icd9)
 
 
-def test_seq_num_counts_within_each_visit() -> None:
-    assert _seq_num(np.array([0, 0, 1, 1, 1, 3])).tolist() == [1, 2, 1, 2, 3, 1]
-    assert _seq_num(np.array([], dtype=np.int64)).tolist() == []
+def testseq_num_counts_within_each_visit() -> None:
+    assert seq_num(np.array([0, 0, 1, 1, 1, 3])).tolist() == [1, 2, 1, 2, 3, 1]
+    assert seq_num(np.array([], dtype=np.int64)).tolist() == []
 
 
 def test_order_and_dedup_keeps_the_first_code_by_priority() -> None:

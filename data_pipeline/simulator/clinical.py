@@ -134,10 +134,12 @@ EPISODES: tuple[Episode, ...] = (
     Episode("dizziness", "R42", 0.0, 0.2, 0.4, 0.0, {"anxiety": 0.4}),
 )
 
-# Kinds of visit (a feature like a condition or an episode): routine follow-up, preventive, acute, observation stay.
+# Kinds of visit (a feature like a condition or an episode): routine follow-up, preventive, acute, observation stay,
+# and the inpatient stay of a claims facility claim (no table row triggers on it: its codes come from its episode).
 VISIT_FOLLOWUP, VISIT_WELLNESS, VISIT_ACUTE, VISIT_OBSERVATION = "visit_followup", "visit_wellness", "visit_acute", \
     "visit_observation"
-VISIT_KINDS = (VISIT_FOLLOWUP, VISIT_WELLNESS, VISIT_ACUTE, VISIT_OBSERVATION)
+VISIT_INPATIENT = "visit_inpatient"
+VISIT_KINDS = (VISIT_FOLLOWUP, VISIT_WELLNESS, VISIT_ACUTE, VISIT_OBSERVATION, VISIT_INPATIENT)
 
 # Codes co-occurring with a condition (trigger = condition) or an episode (trigger = episode) at a visit:
 # (trigger, icd10, p_claims, p_mimic, requires, excludes). `requires`/`excludes` name conditions present at the

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import clinical
+from .national import NATIONAL_TAIL_HEAD
 
 TAIL_LAYOUT_SEED = 20240601
 ICD10_TAIL_SIZE = 6000          # distinct tail diagnoses in play (the real demo has ~1,500 distinct in 100 patients)
@@ -29,6 +30,9 @@ TAIL_ZIPF_EXPONENT = 0.6
 # same tail, far more concentrated on its head. Matches the real demo, where most codes that recur between
 # admissions come from the commonest categories (docs/simulator.md).
 PERSONAL_ZIPF_EXPONENT = 1.1
+# Zipf-Mandelbrot offset of that law: without it the first tail code took ~15% of all personal draws (M93 was the
+# commonest category of both systems, unlike any national table); with 10 the head code takes ~2%.
+PERSONAL_ZIPF_OFFSET = 10.0
 
 
 def _data_file(*parts: str) -> str:
@@ -76,8 +80,8 @@ def _named_dx_codes() -> list[str]:
     return list(dict.fromkeys(codes))
 
 
-def zipf_cdf(n: int, exponent: float) -> np.ndarray:
-    weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+def zipf_cdf(n: int, exponent: float, offset: float = 0.0) -> np.ndarray:
+    weights = 1.0 / (np.arange(1, n + 1, dtype=np.float64) + offset) ** exponent
     cdf = np.cumsum(weights)
     return cdf / cdf[-1]
 
@@ -124,11 +128,16 @@ def build_codebook() -> CodeBook:
     candidates = [c for c in leaves if c in rev and c[:3] not in named_categories and c[0] not in "OPQVX"
                   and not (c[0] in "STW" and len(c) == 7 and c[-1] != "A")]
     # At most TAIL_CODES_PER_CATEGORY codes per category, so the tail spreads over categories as real data does.
+    # The head of the tail is the national table (national.py) in its order: the rank sets a code's frequency, so
+    # the commonest tail codes are those common in national statistics; the rest follow in a fixed random order.
     layout = np.random.default_rng(TAIL_LAYOUT_SEED)
+    candidate_set = set(candidates)
+    head = [c for c in NATIONAL_TAIL_HEAD if c in candidate_set]
+    head_set = set(head)
     per_category: dict[str, int] = {}
     tail = []
-    for i in layout.permutation(len(candidates)):
-        code = candidates[i]
+    ordered = head + [candidates[i] for i in layout.permutation(len(candidates)) if candidates[i] not in head_set]
+    for code in ordered:
         if per_category.get(code[:3], 0) < TAIL_CODES_PER_CATEGORY:
             per_category[code[:3]] = per_category.get(code[:3], 0) + 1
             tail.append(code)
@@ -149,7 +158,7 @@ def build_codebook() -> CodeBook:
         icd9_codes=icd9_codes.astype(object),
         n_named_dx=len(named),
         tail_cdf=zipf_cdf(len(tail), TAIL_ZIPF_EXPONENT),
-        personal_cdf=zipf_cdf(len(tail), PERSONAL_ZIPF_EXPONENT),
+        personal_cdf=zipf_cdf(len(tail), PERSONAL_ZIPF_EXPONENT, PERSONAL_ZIPF_OFFSET),
         pcs_codes=np.array([p for p, _ in named_px + px_tail], dtype=object),
         icd9_px_codes=np.array([i for _, i in named_px + px_tail], dtype=object),
         n_named_px=len(named_px),

@@ -68,8 +68,35 @@ def hosp_figures(hosp: Path) -> dict[str, float]:
         **recurrence_figures(subject, hadm, admit, dx),
     }
     figures = {k: float(v) for k, v in figures.items()}
-    figures["_top_categories"] = [str(c) for c in cats[top[:20]]]          # type: ignore[assignment]
+    figures["_top_categories"] = [str(c) for c in cats[top[:50]]]          # type: ignore[assignment]
+    figures["_category_counts"] = dict(zip(cats.tolist(), cat_counts.tolist()))  # type: ignore[assignment]
     return figures
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of `values` (largest first), ties given their mean rank."""
+    order = np.argsort(-values, kind="stable")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(1, values.size + 1)
+    for v in np.unique(values):
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def category_agreement(syn_counts: dict[str, int], ref_counts: dict[str, int], top: int = 50) -> dict[str, float]:
+    """Overlap of the top-20 / top-50 ICD-10 categories and the Spearman rank correlation of the category counts
+    over the reference's top `top` (a category the synthetic data never codes counts 0 there)."""
+    def top_k(counts: dict[str, int], k: int) -> list[str]:
+        return sorted(counts, key=lambda c: (-counts[c], c))[:k]
+
+    ref_top = top_k(ref_counts, top)
+    a = _average_ranks(np.array([ref_counts[c] for c in ref_top], dtype=float))
+    b = _average_ranks(np.array([syn_counts.get(c, 0) for c in ref_top], dtype=float))
+    rho = float(np.corrcoef(a, b)[0, 1]) if len(ref_top) > 1 and a.std() and b.std() else float("nan")
+    return {"top-20 categories in common": float(len(set(top_k(syn_counts, 20)) & set(top_k(ref_counts, 20)))),
+            "top-50 categories in common": float(len(set(top_k(syn_counts, 50)) & set(ref_top))),
+            f"Spearman rank correlation over the reference's top-{top} categories": rho}
 
 
 def recurrence_figures(subject: np.ndarray, hadm: np.ndarray, admit: np.ndarray, dx) -> dict[str, float]:
@@ -120,10 +147,12 @@ def compare_table(synthetic: Path, real: Path) -> tuple[str, bool]:
         ok = bool(np.isfinite(ratio) and 1 / TOLERANCE <= ratio <= TOLERANCE)
         all_ok &= ok
         lines.append(f"| {name} | {value:.3g} | {real_value:.3g} | {ratio:.2f} | {'yes' if ok else 'NO'} |")
-    top_syn, top_ref = syn["_top_categories"], ref["_top_categories"]
-    shared = [c for c in top_syn if c in set(top_ref)]
-    lines.append(f"| top-20 ICD-10 categories in common | {len(shared)} of 20 | | | |")
+    agreement = category_agreement(syn["_category_counts"], ref["_category_counts"])
+    lines.append(f"| top-20 ICD-10 categories in common | {agreement['top-20 categories in common']:.0f} of 20 | | | |")
+    lines.append(f"| top-50 ICD-10 categories in common | {agreement['top-50 categories in common']:.0f} of 50 | | | |")
+    rho_name = next(k for k in agreement if k.startswith("Spearman"))
+    lines.append(f"| {rho_name} | {agreement[rho_name]:.2f} | | | |")
     lines.append("")
-    lines.append(f"synthetic top-20 categories: {' '.join(top_syn)}")
-    lines.append(f"real top-20 categories:      {' '.join(top_ref)}")
+    lines.append(f"synthetic top-20 categories: {' '.join(syn['_top_categories'][:20])}")
+    lines.append(f"real top-20 categories:      {' '.join(ref['_top_categories'][:20])}")
     return "\n".join(lines), all_ok

@@ -268,7 +268,7 @@ class MimicChunkWriter:
                                                  book.dx_icd10.size + book.icd9_codes.size)
         strings = np.concatenate([book.dx_icd10, book.icd9_codes])
         self.tables["diagnoses_icd"].write(pa.table([
-            subject_id[patient][w_visit], hadm_id[w_visit], _seq_num(w_visit),
+            subject_id[patient][w_visit], hadm_id[w_visit], seq_num(w_visit),
             pa.array(strings[w_code], pa.string()), icd_version[w_visit].astype(np.int64)],
             schema=DIAGNOSES_SCHEMA))
 
@@ -287,7 +287,7 @@ class MimicChunkWriter:
         px_strings = np.where(px_nine, book.icd9_px_codes[px_code], book.pcs_codes[px_code])
         chart_day = (admit_real[px_visit] + shift_v[px_visit]) // SECONDS_PER_DAY + px_day
         self.tables["procedures_icd"].write(pa.table([
-            subject_id[patient][px_visit], hadm_id[px_visit], _seq_num(px_visit),
+            subject_id[patient][px_visit], hadm_id[px_visit], seq_num(px_visit),
             pa.array(chart_day.astype(np.int32), pa.date32()), pa.array(px_strings, pa.string()),
             icd_version[px_visit].astype(np.int64)], schema=PROCEDURES_SCHEMA))
 
@@ -298,7 +298,7 @@ class MimicChunkWriter:
         cpt_day = (admit_real[cv] + shift_v[cv]) // SECONDS_PER_DAY
         self.tables["hcpcsevents"].write(pa.table([
             subject_id[patient][cv], hadm_id[cv], pa.array(cpt_day.astype(np.int32), pa.date32()),
-            pa.array(_CPT_CODES[cpt_row], pa.string()), _seq_num(cv),
+            pa.array(_CPT_CODES[cpt_row], pa.string()), seq_num(cv),
             pa.array(_CPT_DESCRIPTIONS[cpt_row], pa.string())], schema=HCPCS_SCHEMA))
 
     def _write_truth(self, subject, hadm_id, admit_shifted, icd_version, episode, active, dx_visit, dx_code):
@@ -321,7 +321,7 @@ def truth_visit_lists(book: CodeBook, n_visits: int, active: np.ndarray, dx_visi
     return codes, conds
 
 
-def _seq_num(visit: np.ndarray) -> np.ndarray:
+def seq_num(visit: np.ndarray) -> np.ndarray:
     """1-based position of each entry within its visit (entries are grouped by visit)."""
     if visit.size == 0:
         return np.zeros(0, np.int64)

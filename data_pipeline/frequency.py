@@ -1,5 +1,8 @@
 """Rare / common split of diagnosis codes by training-split frequency (the paper's Table 7 shape).
 
+It lives in data_pipeline because both the evaluation (eval/) and the training-time copy probe (launch/probe.py)
+split codes this way, and neither may import the other.
+
 common = the most frequent codes that together cover `coverage` (default 80%) of all training diagnosis
 occurrences; rare = every other code, including codes never seen in training.
 
