@@ -13,6 +13,9 @@ from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from sparseehr.data_pipeline.artifacts import (  # noqa: E402
+    DATA_DIR, MEDS_INPUT, MIMIC_INPUT, RUN_DIR, OutputDirError, artifact_kind, check_output_dir,
+)
 from sparseehr.launch.config import ConfigError, TrainConfig, get_train_preset  # noqa: E402
 
 # CLI flag -> TrainConfig field, for the plain overrides (None on the command line = keep the preset's value).
@@ -74,11 +77,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return get_train_preset(args.preset, **values)
 
 
+def check_train_paths(cfg: TrainConfig) -> None:
+    """Before any distributed set-up: --data must be a DATA_DIR, --out must not hold another artefact kind."""
+    kind = artifact_kind(cfg.data_dir)
+    if kind != DATA_DIR:
+        if not os.path.isdir(cfg.data_dir):
+            raise ConfigError(f"--data {cfg.data_dir}: no such folder")
+        hint = {MIMIC_INPUT: f"run `sparseehr prepare --mimic {cfg.data_dir} --out DATA_DIR` first",
+                MEDS_INPUT: f"run `sparseehr prepare --meds {cfg.data_dir} --out DATA_DIR` first"}.get(
+            kind, "give the folder `sparseehr prepare` wrote")
+        raise ConfigError(f"--data {cfg.data_dir} holds {kind or 'no DATA_DIR files'}, not a DATA_DIR; {hint}")
+    check_output_dir(cfg.out_dir, RUN_DIR, inputs=[("--data", cfg.data_dir), ("--init-from", cfg.init_from)])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = config_from_args(args)
-    except ConfigError as exc:
+        check_train_paths(cfg)
+    except (ConfigError, OutputDirError) as exc:
         print(f"sparseehr train: error: {exc}", file=sys.stderr)
         return 2
     from sparseehr.launch.loop import TrainingError, train
