@@ -155,12 +155,13 @@ def check_output_dir(out: str | Path, writes: str, overwrite: bool = False,
     if not replacing:
         return out
     if not overwrite:
-        raise OutputDirError(f"{where} exists and is not empty; pass --overwrite to replace "
-                             f"{'it' if found == writes else 'a previous ' + writes}")
+        raise OutputDirError(f"{where} exists and is not empty; pass --overwrite to replace it"
+                             + ("" if found == writes else f" (only if it is {_describe(writes)})"))
     if found != writes:
+        previous = f"earlier {writes}" if writes.startswith("raw") else f"a previous {writes}"
         raise OutputDirError(f"{where} is not {_describe(writes)} (none of the files "
-                             f"{WRITER_FLAG_HINT[writes]} writes are there); --overwrite only replaces a previous "
-                             f"{writes}, so choose an empty or new folder")
+                             f"{WRITER_FLAG_HINT[writes]} writes are there); --overwrite only replaces {previous}, "
+                             "so choose an empty or new folder")
     return out
 
 

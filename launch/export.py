@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from sparseehr.data_pipeline.artifacts import (
-    EXPORT_INFO_FILE, HF_DIR, OutputDirError, check_output_dir, remove_replaced, vocabulary_hash,
+    EXPORT_INFO_FILE, HF_DIR, RUN_DIR, OutputDirError, artifact_kind, check_output_dir, remove_replaced,
+    vocabulary_hash,
 )
 from sparseehr.launch.checkpoint import EXPERT_FILE_PATTERN, MAIN_STATES_FILE, read_latest_tag
 
@@ -94,6 +95,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None,
     """Merge RUN_DIR's checkpoint `tag` (default: latest) into HF_DIR `out_dir`. An existing non-empty out_dir is
     only replaced with overwrite=True and only when it is a previous export; never the run or a folder holding it."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    kind = artifact_kind(run_dir)
+    if kind not in (RUN_DIR, None):
+        raise ExportError(f"--run {run_dir} holds {kind}, not a training RUN_DIR")
     check_output_dir(out_dir, HF_DIR, overwrite, [("--run", run_dir)])
     tag = tag or read_latest_tag(run_dir)
     if tag is None:

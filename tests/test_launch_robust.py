@@ -126,3 +126,21 @@ def test_train_out_refuses_an_export_and_an_eval_folder(tiny_data, run_dir, tmp_
     assert train(["--data", str(tiny_data), "--out", str(hf), *TRAIN]) == 2
     one_line_error(capsys, "holds a HF_DIR")
     assert snapshot(hf) == before
+
+
+def test_resume_with_another_vocabulary_is_refused(tiny_data, run_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    other = tmp_path / "other_data"
+    shutil.copytree(tiny_data, other)
+    spec_file = other / "tokenizer" / "tokenizer.json"
+    spec = json.loads(spec_file.read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = "DX:E119", "DX:I10"
+    vocab[a], vocab[b] = vocab[b], vocab[a]          # same size, two diagnoses trade ids
+    spec_file.write_text(json.dumps(spec))
+    before = snapshot(run_dir)
+    assert train(["--data", str(other), "--out", str(run_dir), "--resume", *TRAIN]) == 2
+    one_line_error(capsys, "--resume", "trained on another vocabulary")
+    assert snapshot(run_dir) == before
