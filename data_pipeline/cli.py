@@ -98,7 +98,7 @@ def _prefix_lengths(args: argparse.Namespace) -> tuple[int, int]:
         given, source = getattr(args, name), inherited.get(name)
         if given is not None and source is not None and given != source:
             raise ValueError(f"--{name.replace('_', '-')} {given} conflicts with the reused vocabulary's {source} "
-                             f"({source_file}); drop the flag or prepare a new vocabulary")
+                             f"({name} in {source_file}); drop the flag or prepare a new vocabulary")
         lengths.append(given if given is not None else (source if source is not None else default))
     return lengths[0], lengths[1]
 
