@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# DeepSpeed JIT-builds its CPU shm op into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions, shared by every
+# environment of the user). Another environment with other torch/deepspeed builds rebuilds it there, and a process
+# killed mid-load leaves a lock every later run waits on forever; one folder per environment avoids both.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
