@@ -23,7 +23,7 @@ from sparseehr.data_pipeline import schema
 pytestmark = pytest.mark.slow
 
 STEPS = 6
-TIMEOUT = 300
+TIMEOUT = 600   # per launcher call; a loaded 2-core machine needs minutes for two ranks
 COMMON = ["--preset", "tiny", "--max-steps", str(STEPS), "--eval-interval", "3", "--ckpt-interval", "3",
           "--log-interval", "1", "--deepspeed", "zero2_ep.json"]
 NODES = ("localhost", "127.0.0.1")   # two names for this machine: a hostfile may not list one host twice
