@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sparseehr.data_pipeline.artifacts import DATA_DIR, check_output_dir, remove_replaced
 from sparseehr.data_pipeline.errors import PrepareError
 from sparseehr.data_pipeline.harmonize import HarmonizationSettings, harmonize, settings_record
 from sparseehr.data_pipeline.readers.common import RawRecords
@@ -142,9 +143,8 @@ def prepare(config: PrepareConfig) -> dict:
     import datasets
     from tqdm.auto import tqdm
 
-    out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise PrepareError(out, "DATA_DIR already exists; pass --overwrite to replace it")
+    out = check_output_dir(config.out, DATA_DIR, config.overwrite,
+                           [("--mimic", config.mimic), ("--meds", config.meds), ("--vocab-from", config.vocab_from)])
     vocab_dir = resolve_tokenizer_dir(config.vocab_from) if config.vocab_from else None
     if not config.progress:
         datasets.disable_progress_bars()
@@ -227,7 +227,7 @@ def prepare(config: PrepareConfig) -> dict:
             trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(out, trash)
             os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_replaced(trash)
         else:
             os.replace(tmp, out)
         step_done("rename")

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from sparseehr.data_pipeline.artifacts import OutputDirError
 from sparseehr.data_pipeline.errors import PrepareError
 from sparseehr.data_pipeline.schema import HARMONIZATION_FILE
 
@@ -44,19 +45,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PrepareError(path, f"cannot read the {what} ({exc}); the --vocab-from folder is damaged") from exc
+    if not isinstance(value, dict):
+        raise PrepareError(path, f"the {what} is not a JSON object; the --vocab-from folder is damaged")
+    return value
+
+
+def _vocabulary_prefix_lengths(vocab_from: Path) -> tuple[dict[str, int], Path | None]:
+    """Prefix lengths the reused vocabulary was built with, read from its tokens when harmonization.json is
+    missing (a bare tokenizer folder): the longest DX / PX value is the prefix length that produced it."""
+    from sparseehr.data_pipeline.build import resolve_tokenizer_dir
+    from sparseehr.data_pipeline.schema import DX_PREFIX, PX_PREFIX, UNK_VALUE
+
+    tokenizer_file = resolve_tokenizer_dir(vocab_from) / "tokenizer.json"
+    vocab = _read_json(tokenizer_file, "tokenizer").get("model", {}).get("vocab")
+    if not isinstance(vocab, dict):
+        raise PrepareError(tokenizer_file, "no WordLevel vocabulary (model.vocab) inside; the --vocab-from folder "
+                                           "is damaged")
+    lengths = {}
+    for name, prefix in (("dx_prefix_len", DX_PREFIX), ("px_prefix_len", PX_PREFIX)):
+        values = [t[len(prefix):] for t in vocab if t.startswith(prefix) and t != prefix + UNK_VALUE]
+        if values:
+            lengths[name] = max(len(v) for v in values)
+    return lengths, tokenizer_file
+
+
 def _prefix_lengths(args: argparse.Namespace) -> tuple[int, int]:
     """Prefix lengths: explicit flags, else those of the --vocab-from DATA_DIR (a reused vocabulary only means
-    the same thing under the same harmonization), else the defaults."""
-    inherited = {}
-    if args.vocab_from and (Path(args.vocab_from) / HARMONIZATION_FILE).is_file():
-        inherited = json.loads((Path(args.vocab_from) / HARMONIZATION_FILE).read_text())
+    the same thing under the same harmonization), else the defaults. A flag that contradicts the reused
+    vocabulary is refused: under it every code of that kind would become <unk>."""
+    inherited: dict = {}
+    source_file: Path | None = None
+    if args.vocab_from:
+        vocab_from = Path(args.vocab_from)
+        if not vocab_from.is_dir():
+            raise PrepareError(vocab_from, "--vocab-from folder does not exist")
+        source_file = vocab_from / HARMONIZATION_FILE
+        if source_file.is_file():
+            inherited = _read_json(source_file, "harmonization settings")
+            for name in ("dx_prefix_len", "px_prefix_len"):
+                if name in inherited and not isinstance(inherited[name], int):
+                    raise PrepareError(source_file, f"{name} is {inherited[name]!r}, not an integer",
+                                       column=name)
+        else:
+            inherited, source_file = _vocabulary_prefix_lengths(vocab_from)
     lengths = []
     for name, default in (("dx_prefix_len", DEFAULT_DX_PREFIX_LEN), ("px_prefix_len", DEFAULT_PX_PREFIX_LEN)):
         given, source = getattr(args, name), inherited.get(name)
         if given is not None and source is not None and given != source:
-            raise PrepareError(Path(args.vocab_from) / HARMONIZATION_FILE,
-                               f"--{name.replace('_', '-')} {given} conflicts with the reused vocabulary's {source}",
-                               column=name)
+            raise ValueError(f"--{name.replace('_', '-')} {given} conflicts with the reused vocabulary's {source} "
+                             f"({name} in {source_file}); drop the flag or prepare a new vocabulary")
         lengths.append(given if given is not None else (source if source is not None else default))
     return lengths[0], lengths[1]
 
@@ -69,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         dx_len, px_len = _prefix_lengths(args)
+    except PrepareError as exc:  # the --vocab-from folder is damaged: a data error
+        print(f"sparseehr prepare: error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"sparseehr prepare: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         config = PrepareConfig(
             out=args.out, mimic=args.mimic, meds=args.meds, vocab_from=args.vocab_from, overwrite=args.overwrite,
             max_len=args.max_len, num_proc=args.num_proc, split_ratios=tuple(args.split_ratios),
@@ -81,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         report = prepare(config)
+    except OutputDirError as exc:  # a usage error: the output path, not the data
+        print(f"sparseehr prepare: error: {exc}", file=sys.stderr)
+        return 2
     except PrepareError as exc:
         print(f"sparseehr prepare: error: {exc}", file=sys.stderr)
         return 1

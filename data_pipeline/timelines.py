@@ -23,9 +23,11 @@ from sparseehr.data_pipeline.readers.common import dictionary_codes
 from sparseehr.data_pipeline.schema import (
     AGE_BUCKET_YEARS, AGE_PREFIX, AGE_TOKENS, CODE, CODE_SYSTEMS, COL_PREFIX_TOKENS, COL_VISIT_DX_CODES,
     COL_VISIT_TIMES, COL_VISIT_TOKENS, EVENT_KINDS, GAP_BINS, GAP_FIRST_TOKEN, GAP_PREFIX, GAP_TOKENS, KIND, KIND_DX,
-    REGION_PREFIX, SEQ_NUM, SEX_PREFIX, SEX_TOKENS, SEX_UNK_TOKEN, SEX_VALUES, SUBJECT_ID, SYSTEM, SYSTEM_BIRTH, SYSTEM_REGION, SYSTEM_SEX, TIME, UNK_VALUE, VISIT_ID,
+    REGION_PREFIX, SEQ_NUM, SEX_PREFIX, SEX_TOKENS, SEX_UNK_TOKEN, SEX_VALUES, SUBJECT_ID, SYSTEM, SYSTEM_BIRTH,
+    SYSTEM_REGION, SYSTEM_SEX, TIME, UNK_VALUE, VISIT_ID,
 )
 
+AGE_MAX_PLAUSIBLE = 125   # older than any recorded human: a date error, not a 90+ patient
 SECONDS_PER_DAY = 86_400
 SEQ_MAX = (1 << 16) - 1               # seq_num beyond this (or missing) sorts last
 OFFSET_MINUTES_MAX = (1 << 24) - 1    # event time within its visit, minutes, centred: +-16 years
@@ -170,11 +172,18 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
         else np.zeros(0)
     age = np.full(n_patients, np.nan)
     age[has_birth] = (first_visit_us[has_birth] - birth_us[birth_row[has_birth]]) / 1e6 / SECONDS_PER_DAY / DAYS_PER_YEAR
+    # A birth after the first visit (a late MEDS_BIRTH, a negative anchor_age, a mistyped year such as 1650) or an
+    # age beyond AGE_MAX_PLAUSIBLE cannot be bucketed: it becomes AGE:<unk> and is counted by reason.
+    birth_after_visit = np.isfinite(age) & (age < 0)
+    implausible_age = np.isfinite(age) & (age > AGE_MAX_PLAUSIBLE)
+    age[birth_after_visit | implausible_age] = np.nan
     age_token = age_tokens(age)
 
     sex_row, has_sex = _first_per_patient(demo_subject[systems == CODE_SYSTEMS.index(SYSTEM_SEX)],
                                           rows[systems == CODE_SYSTEMS.index(SYSTEM_SEX)], patient_ids)
-    sex_value = pc.utf8_upper(pc.utf8_trim_whitespace(demo[CODE].combine_chunks().take(pa.array(np.maximum(sex_row, 0)))))
+    # patients without a row index row 0 (masked below); a source with no demographic row at all needs one to exist
+    demo_codes = demo[CODE].combine_chunks() if demo.num_rows else pa.array([""], pa.string())
+    sex_value = pc.utf8_upper(pc.utf8_trim_whitespace(demo_codes.take(pa.array(np.maximum(sex_row, 0)))))
     sex_known = has_sex & pc.fill_null(pc.is_in(sex_value, value_set=pa.array(SEX_VALUES)), False).to_numpy(
         zero_copy_only=False)
     sex_token = pc.if_else(pa.array(sex_known), pc.binary_join_element_wise(SEX_PREFIX, sex_value, ""),
@@ -182,7 +191,7 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
 
     region_row, has_region = _first_per_patient(demo_subject[systems == CODE_SYSTEMS.index(SYSTEM_REGION)],
                                                 rows[systems == CODE_SYSTEMS.index(SYSTEM_REGION)], patient_ids)
-    region_value = pc.utf8_trim_whitespace(demo[CODE].combine_chunks().take(pa.array(np.maximum(region_row, 0))))
+    region_value = pc.utf8_trim_whitespace(demo_codes.take(pa.array(np.maximum(region_row, 0))))
     region_token = pc.if_else(pa.array(has_region), pc.binary_join_element_wise(REGION_PREFIX, region_value, ""),
                               pa.scalar(None, pa.string()))
 
@@ -206,6 +215,8 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
         COL_VISIT_DX_CODES: pa.ListArray.from_arrays(pvo, visit_dx),
     })
     event_patient = np.searchsorted(patient_visit_offsets, event_visit, side="right") - 1
-    counts.update(age_unknown=int((~np.isfinite(age)).sum()), sex_unknown=int((~sex_known).sum()),
+    counts.update(age_unknown=int((~np.isfinite(age)).sum()), age_unknown_no_birth=int((~has_birth).sum()),
+                  age_unknown_birth_after_first_visit=int(birth_after_visit.sum()),
+                  age_unknown_over_max=int(implausible_age.sum()), sex_unknown=int((~sex_known).sum()),
                   patients_with_region=int(has_region.sum()), code_tokens=len(token_id))
     return Timelines(table, event_patient, token_id, token_strings, region_token.cast(pa.string()), counts)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from sparseehr.data_pipeline import schema
+from sparseehr.data_pipeline.artifacts import DATA_DIR, EVAL_OUT_DIR, OutputDirError, artifact_kind, check_output_dir
 from sparseehr.eval import baselines
 from sparseehr.eval.cohort import build_screening_cohort
 from sparseehr.data_pipeline.frequency import DEFAULT_COMMON_COVERAGE, common_codes
@@ -102,6 +103,27 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--select-on and --test-on must not share a split (k_cls would be chosen on test data)")
     if not args.data.is_dir():
         parser.error(f"--data {args.data}: no such DATA_DIR")
+    kind = artifact_kind(args.data)
+    if kind != DATA_DIR:
+        parser.error(f"--data {args.data} holds {kind or 'no DATA_DIR files'}, not a DATA_DIR: run `sparseehr "
+                     f"prepare` on it first")
+    model_dir = None if str(args.model) in baselines.BASELINE_NAMES else Path(args.model)
+    try:  # every output path is checked here, before any instance is built or scored
+        check_output_dir(args.out, EVAL_OUT_DIR, inputs=[("--model", model_dir), ("--data", args.data)])
+    except OutputDirError as error:
+        parser.error(str(error))
+
+
+def check_model_before_scoring(args: argparse.Namespace) -> None:
+    """Weights complete and matching config.json, vocabulary the same as the data's: minutes of scoring are never
+    spent before a damaged or mismatched model is found."""
+    if str(args.model) in baselines.BASELINE_NAMES:
+        return
+    from sparseehr.data_pipeline.datadir import load_tokenizer
+    from sparseehr.eval.scorers import check_model_weights, check_same_vocabulary
+
+    check_model_weights(args.model)
+    check_same_vocabulary(args.model, load_tokenizer(args.data), args.data)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -290,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     _validate(args, parser)
     started = time.perf_counter()
     try:
+        check_model_before_scoring(args)
         if args.command == "next-visit":
             code = run_next_visit(args)
         elif args.command == "screening":

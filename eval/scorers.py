@@ -50,35 +50,89 @@ class ScoringConfig:
         return described
 
 
-def load_model(hf_dir: str | Path, device: str | torch.device = "cpu"):
-    """SparseEHRForCausalLM from a save_pretrained folder, in eval mode."""
+def check_model_weights(hf_dir: str | Path) -> None:
+    """config.json readable and every safetensors file complete and shaped as that config says: a truncated copy
+    or an edited num_experts is refused with one line, never half-initialised by from_pretrained."""
+    import json
+
+    from sparseehr.data_pipeline.artifacts import ArtifactError, check_weights_match, read_safetensors_header
+    from sparseehr.model import SparseEHRConfig
     from sparseehr.model.modeling_sparseehr import SparseEHRForCausalLM
 
     hf_dir = Path(hf_dir)
-    if not (hf_dir / "config.json").is_file():
+    config_file = hf_dir / "config.json"
+    if not config_file.is_file():
         raise FileNotFoundError(f"{hf_dir}: not a save_pretrained folder (config.json missing)")
+    try:
+        json.loads(config_file.read_text())
+        config = SparseEHRConfig.from_pretrained(str(hf_dir))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"{config_file}: cannot build the model from it ({exc})") from exc
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{hf_dir}: no *.safetensors weights (export the run with `sparseehr export`)")
+    found: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        found.update(read_safetensors_header(path))
+    config.expert_parallel_size = 1
+    with torch.device("meta"):
+        model = SparseEHRForCausalLM(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    check_weights_match(files[0] if len(files) == 1 else hf_dir, found, expected, optional=tied,
+                        config_file=config_file)
+
+
+def load_model(hf_dir: str | Path, device: str | torch.device = "cpu"):
+    """SparseEHRForCausalLM from a save_pretrained folder, in eval mode (its files checked first)."""
+    from sparseehr.model.modeling_sparseehr import SparseEHRForCausalLM
+
+    check_model_weights(hf_dir)
     model = SparseEHRForCausalLM.from_pretrained(str(hf_dir))
     return model.to(device).eval()
 
 
 def check_same_vocabulary(model_dir: str | Path, data_tokenizer, data_dir: str | Path) -> None:
     """The DATA_DIR's token ids must mean what the model learned: prepare the target with the model's vocabulary.
-    Checked when HF_DIR carries a tokenizer (as `sparseehr export` writes it); the embedding size always is."""
+    Checked against HF_DIR's tokenizer (as `sparseehr export` writes it), else against the vocabulary hash export
+    recorded in sparseehr_export.json; the embedding size always is."""
+    import json
+
+    from sparseehr.data_pipeline.artifacts import EXPORT_INFO_FILE, vocabulary_hash
+
     model_dir = Path(model_dir)
     config_file = model_dir / "config.json"
+    vocab_size = None
     if config_file.is_file():
-        import json
         vocab_size = json.loads(config_file.read_text()).get("vocab_size")
         if vocab_size is not None and vocab_size < len(data_tokenizer):
             raise ValueError(f"{model_dir} has vocab_size {vocab_size} but {data_dir}/{schema.DATA_TOKENIZER_DIR} has "
                              f"{len(data_tokenizer)} tokens: prepare the data with the model's vocabulary")
-    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-        return
-    from transformers import AutoTokenizer
+    if any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        from transformers import AutoTokenizer
 
-    if AutoTokenizer.from_pretrained(str(model_dir)).get_vocab() != data_tokenizer.get_vocab():
-        raise ValueError(f"the tokenizer in {model_dir} differs from {data_dir}/{schema.DATA_TOKENIZER_DIR}: prepare "
-                         f"the data with the model's vocabulary")
+        if AutoTokenizer.from_pretrained(str(model_dir)).get_vocab() != data_tokenizer.get_vocab():
+            raise ValueError(f"the tokenizer in {model_dir} differs from {data_dir}/{schema.DATA_TOKENIZER_DIR}: "
+                             f"prepare the data with the model's vocabulary")
+        return
+    info_file = model_dir / EXPORT_INFO_FILE
+    if info_file.is_file():
+        try:
+            info = json.loads(info_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{info_file}: unreadable ({exc}); export the model again") from exc
+        if info.get("tokenizer_vocab_sha256") != vocabulary_hash(data_tokenizer.get_vocab()):
+            raise ValueError(f"{model_dir} was trained on another vocabulary than {data_dir}/"
+                             f"{schema.DATA_TOKENIZER_DIR} (tokenizer hash recorded at export in {info_file.name} "
+                             f"differs; {info.get('vocab_size')} vs {len(data_tokenizer)} tokens): prepare the data "
+                             f"with the model's vocabulary (--vocab-from)")
+        return
+    if vocab_size is not None and vocab_size != len(data_tokenizer):
+        raise ValueError(f"{model_dir} has no tokenizer files and vocab_size {vocab_size}, but {data_dir}/"
+                         f"{schema.DATA_TOKENIZER_DIR} has {len(data_tokenizer)} tokens: ids would name other codes")
+    import sys
+    print(f"[eval] warning: {model_dir} has neither tokenizer files nor {EXPORT_INFO_FILE}: only the vocabulary "
+          f"size ({vocab_size}) could be checked against {data_dir}", file=sys.stderr)
 
 
 @dataclass(frozen=True)

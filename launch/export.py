@@ -9,6 +9,8 @@ with the run's tokenizer. Everything is written to a temporary folder first and 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
 import sys
 import tempfile
@@ -16,6 +18,10 @@ from pathlib import Path
 
 import torch
 
+from sparseehr.data_pipeline.artifacts import (
+    EXPORT_INFO_FILE, HF_DIR, RUN_DIR, OutputDirError, artifact_kind, check_output_dir, remove_replaced,
+    vocabulary_hash,
+)
 from sparseehr.launch import rundir
 from sparseehr.launch.engine import complete_tied_weights
 
@@ -63,8 +69,15 @@ def build_model_from_full_state_dict(config, state_dict: dict[str, torch.Tensor]
     return model
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None,
+               overwrite: bool = False) -> Path:
+    """Merge RUN_DIR's checkpoint `tag` (default: latest) into HF_DIR `out_dir`. An existing non-empty out_dir is
+    only replaced with overwrite=True and only when it is a previous export; never the run or a folder holding it."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    kind = artifact_kind(run_dir)
+    if kind not in (RUN_DIR, None):
+        raise ExportError(f"--run {run_dir} holds {kind}, not a training RUN_DIR")
+    check_output_dir(out_dir, HF_DIR, overwrite, [("--run", run_dir)])
     tag = tag or rundir.read_latest_tag(run_dir)
     if tag is None:
         raise ExportError(f"{run_dir}: no checkpoint (no 'latest' file); pass --tag or train first")
@@ -81,9 +94,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tag: str | None = None)
         tokenizer = rundir.load_tokenizer(run_dir, missing_ok=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(staging))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.replace(out_dir)
+            # What eval checks when a copy of HF_DIR lost its tokenizer files: ids must mean the same tokens.
+            (staging / EXPORT_INFO_FILE).write_text(json.dumps({
+                "run": str(run_dir), "tag": tag, "vocab_size": len(tokenizer),
+                "tokenizer_vocab_sha256": vocabulary_hash(tokenizer.get_vocab())}, indent=2) + "\n")
+        trash = None
+        if out_dir.exists():  # a previous export (check_output_dir refused anything else)
+            trash = out_dir.parent / f".{out_dir.name}.old-{staging.name.rsplit('.', 1)[-1]}"
+            os.replace(out_dir, trash)
+        os.replace(staging, out_dir)
+        if trash is not None:
+            remove_replaced(trash)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -95,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="RUN_DIR of a training run")
     parser.add_argument("--tag", default=None, help="checkpoint tag (default: the one in RUN_DIR/latest)")
     parser.add_argument("--out", required=True, help="HF_DIR to write (save_pretrained + tokenizer)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out when it is a previous export")
     args = parser.parse_args(argv)
     try:
-        out = export_run(args.run, args.out, args.tag)
+        out = export_run(args.run, args.out, args.tag, args.overwrite)
+    except OutputDirError as exc:
+        print(f"sparseehr export: error: {exc}", file=sys.stderr)
+        return 2
     except (ExportError, rundir.RunDirError, FileNotFoundError, ValueError) as exc:
         print(f"sparseehr export: error: {exc}", file=sys.stderr)
         return 1

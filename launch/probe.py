@@ -82,7 +82,8 @@ class CopyProbe:
             visit_dx = set(ids[start + 1:end][self.is_dx[ids[start + 1:end]]].tolist())
             if v > 0 and visit_dx:
                 scores = probs[start:end].max(axis=0)   # positions open .. last code: predict the visit's tokens
-                top = set(self.dx_ids[torch.from_numpy(scores).topk(PROBE_K).indices].tolist())
+                # A vocabulary with fewer than K diagnosis codes ranks them all (every code is in its top K).
+                top = set(self.dx_ids[torch.from_numpy(scores).topk(min(PROBE_K, scores.size)).indices].tolist())
                 for token in visit_dx:
                     slot = 4 if token not in seen else (0 if self.is_common[token] else 2)
                     totals[slot] += token in top

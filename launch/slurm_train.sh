@@ -20,16 +20,29 @@
 #SBATCH --output=%x-%j.out
 set -euo pipefail
 
+# Fail with the reason, not with "unbound variable" or a Python traceback, before anything is written.
+if [[ -z "${SLURM_JOB_NODELIST:-}" ]]; then
+    echo "slurm_train.sh: SLURM_JOB_NODELIST is not set: submit this script with sbatch (see the header)" >&2
+    exit 2
+fi
+if ! command -v deepspeed > /dev/null; then
+    echo "slurm_train.sh: deepspeed is not on PATH: activate the environment sparseehr is installed in" >&2
+    exit 2
+fi
+# Under sbatch the script is copied to a spool folder; SPARSEEHR_TRAIN points at the checkout's launch/train.py.
+if ! TRAIN_PY=${SPARSEEHR_TRAIN:-$(python -c 'import sparseehr.launch.train as t; print(t.__file__)' 2> /dev/null)}; then
+    echo "slurm_train.sh: 'python' cannot import sparseehr: activate its environment or set SPARSEEHR_TRAIN" >&2
+    exit 2
+fi
+
 GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 MASTER_PORT=${MASTER_PORT:-29500}
 HOSTFILE=$(mktemp "${TMPDIR:-/tmp}/sparseehr-hostfile.XXXXXX")
+trap 'rm -f "$HOSTFILE"' EXIT
 for host in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
     echo "$host slots=$GPUS_PER_NODE" >> "$HOSTFILE"
 done
-# Under sbatch the script is copied to a spool folder; SPARSEEHR_TRAIN points at the checkout's launch/train.py.
-TRAIN_PY=${SPARSEEHR_TRAIN:-$(python -c 'import sparseehr.launch.train as t; print(t.__file__)')}
-
 # One `deepspeed --no_ssh` per node; SLURM_NODEID is the node rank. The launcher reads world layout from the
 # hostfile and rendezvous through MASTER_ADDR:MASTER_PORT.
 srun --kill-on-bad-exit=1 --ntasks-per-node=1 bash -c "

@@ -9,10 +9,15 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from sparseehr.data_pipeline.artifacts import (  # noqa: E402
+    DATA_DIR, HF_DIR, MEDS_INPUT, MIMIC_INPUT, RUN_DIR, ArtifactError, OutputDirError, artifact_kind,
+    check_output_dir, read_safetensors_header, vocabulary_hash,
+)
 from sparseehr.launch.config import ConfigError, TrainConfig, get_train_preset  # noqa: E402
 
 # CLI flag -> TrainConfig field, for the plain overrides (None on the command line = keep the preset's value).
@@ -74,11 +79,49 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return get_train_preset(args.preset, **values)
 
 
+def check_train_paths(cfg: TrainConfig) -> None:
+    """Before any distributed set-up: --data must be a DATA_DIR, --out must not hold another artefact kind."""
+    kind = artifact_kind(cfg.data_dir)
+    if kind != DATA_DIR:
+        if not os.path.isdir(cfg.data_dir):
+            raise ConfigError(f"--data {cfg.data_dir}: no such folder")
+        hint = {MIMIC_INPUT: f"run `sparseehr prepare --mimic {cfg.data_dir} --out DATA_DIR` first",
+                MEDS_INPUT: f"run `sparseehr prepare --meds {cfg.data_dir} --out DATA_DIR` first"}.get(
+            kind, "give the folder `sparseehr prepare` wrote")
+        raise ConfigError(f"--data {cfg.data_dir} holds {kind or 'no DATA_DIR files'}, not a DATA_DIR; {hint}")
+    check_output_dir(cfg.out_dir, RUN_DIR, inputs=[("--data", cfg.data_dir), ("--init-from", cfg.init_from)])
+    if cfg.init_from:
+        if artifact_kind(cfg.init_from) != HF_DIR:
+            raise ConfigError(f"--init-from {cfg.init_from}: not an exported HF_DIR (config.json + weights)")
+        try:
+            for weights in sorted(Path(cfg.init_from).glob("*.safetensors")):
+                read_safetensors_header(weights)
+        except ArtifactError as exc:
+            raise ConfigError(f"--init-from: {exc}") from exc
+    run_tokenizer = Path(cfg.out_dir) / "tokenizer" / "tokenizer.json"
+    if cfg.resume and run_tokenizer.is_file():
+        # a resumed run must read ids that mean what they meant: the DATA_DIR's vocabulary is the run's
+        data_tokenizer = Path(cfg.data_dir) / "tokenizer" / "tokenizer.json"
+        if tokenizer_vocab_hash(run_tokenizer) != tokenizer_vocab_hash(data_tokenizer):
+            raise ConfigError(f"--resume: {cfg.out_dir} was trained on another vocabulary than --data "
+                              f"{cfg.data_dir} ({data_tokenizer} differs from {run_tokenizer}); resume with the "
+                              f"run's own DATA_DIR")
+
+
+def tokenizer_vocab_hash(path: Path) -> str | None:
+    try:
+        vocab = json.loads(path.read_text()).get("model", {}).get("vocab")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable tokenizer ({exc})") from exc
+    return vocabulary_hash(vocab) if isinstance(vocab, dict) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = config_from_args(args)
-    except ConfigError as exc:
+        check_train_paths(cfg)
+    except (ConfigError, OutputDirError) as exc:
         print(f"sparseehr train: error: {exc}", file=sys.stderr)
         return 2
     from sparseehr.launch.checkpoint import CheckpointError

@@ -107,6 +107,10 @@ def parse_args(argv: list[str] | None) -> DemoConfig:
     return DemoConfig(**{key.replace("-", "_"): value for key, value in vars(args).items()})
 
 
+# Everything a demo job writes at the top of --out (what --overwrite may delete).
+DEMO_ENTRIES = {"raw", "data", "run", "hf", "eval", "train.log", "summary.json", "summary.md"}
+
+
 def _in_process(main, argv: list[str]) -> int:
     print("  $ sparseehr " + " ".join(argv), flush=True)
     return main(argv)
@@ -163,7 +167,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     stages.run(f"train the {cfg.preset} hybrid MoE with DeepSpeed ({cfg.ranks} rank(s), ep={cfg.ep_size})",
                run_dir, lambda: run_subprocess(train_command(cfg.ranks, train_args), out / "train.log"))
     stages.run("export to Hugging Face", hf_dir, lambda: _in_process(export_main, [
-        "--run", str(run_dir), "--out", str(hf_dir)]))
+        "--run", str(run_dir), "--out", str(hf_dir), "--overwrite"]))  # only ever its own earlier export
 
     from sparseehr.curve import main as curve_main
 
@@ -296,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if cfg.overwrite and cfg.out.exists():
+        foreign = sorted(p.name for p in cfg.out.iterdir() if p.name not in DEMO_ENTRIES) if cfg.out.is_dir() else [
+            cfg.out.name]
+        if foreign:  # --overwrite deletes a previous demo job, never a folder holding anything else
+            print(f"sparseehr demo: --overwrite: {cfg.out} holds {', '.join(foreign[:5])}, which a demo job does "
+                  f"not write; refusing to delete it (choose another --out)", file=sys.stderr)
+            return 2
         shutil.rmtree(cfg.out)
     cfg.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

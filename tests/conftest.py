@@ -9,9 +9,10 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# DeepSpeed JIT-builds its CPU shm op into TORCH_EXTENSIONS_DIR (default: one folder per user). Environments with
-# other DeepSpeed releases (the drift checks' .venv-latest / .venv-oldest) would overwrite each other's build
-# there and break every DeepSpeed start of the others; keep one build per environment.
+# DeepSpeed JIT-builds its CPU shm op into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions, shared by every
+# environment of the user). Another environment with other DeepSpeed releases (the drift checks' .venv-latest /
+# .venv-oldest) rebuilds it there and breaks the others' DeepSpeed starts, and a process killed mid-build leaves a
+# lock every later run waits on forever; one folder per environment avoids both.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 import pytest  # noqa: E402

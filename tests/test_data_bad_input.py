@@ -118,5 +118,11 @@ def test_existing_data_dir_needs_overwrite(tmp_path, mimic_demo_hosp):
     assert result.returncode != 0
     assert str(out) in result.stderr and "--overwrite" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite only replaces a previous DATA_DIR: a folder of the user's own files is never deleted
+    assert main(["--mimic", str(mimic_demo_hosp), "--out", str(out), "--overwrite", "--no-progress"]) == 2
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert main(["--mimic", str(mimic_demo_hosp), "--out", str(out), "--no-progress"]) == 0  # empty: fine
+    (out / "keep.txt").write_text("stale")
     assert main(["--mimic", str(mimic_demo_hosp), "--out", str(out), "--overwrite", "--no-progress"]) == 0
     assert not (out / "keep.txt").exists() and (out / "prepare_report.json").is_file()

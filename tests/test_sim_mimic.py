@@ -141,7 +141,7 @@ def test_existing_output_is_refused_and_nothing_half_written(mimic_out: Path, tm
     (target / "keep.txt").write_text("mine")
     code = main(["--system", "mimic", "--patients", "5", "--out", str(target)])
     assert code == 2
-    assert "already exists" in capsys.readouterr().err
+    assert "exists and is not empty" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["exists"]          # no temporary sibling left behind
     assert (target / "keep.txt").read_text() == "mine"
     assert main(["--patients", "5", "--out", str(tmp_path / "x")]) == 2  # --system missing

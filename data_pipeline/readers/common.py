@@ -89,29 +89,112 @@ def make_events(subject_id, visit_id, time, kind: str, system, code, seq_num=Non
     return pa.Table.from_arrays(columns, schema=EVENTS_SCHEMA)
 
 
+TABLE_SUFFIXES = (".csv.gz", ".csv", ".parquet")
+# pyarrow's CSV reader needs every value to fit in one block; a valid file with a field longer than the block
+# fails as "straddling object". Start at 16 MiB (fewer, larger blocks also read faster) and grow on that error.
+CSV_BLOCK_BYTES, CSV_BLOCK_MAX_BYTES = 16 << 20, 1 << 30
+
+
 def csv_line(index: int) -> int:
     """CSV line number (header = line 1) of the 0-based data row `index`."""
     return int(index) + 2
 
 
 def find_table_file(directory: Path, name: str, required: bool = True) -> Path | None:
-    """`name`.csv.gz, `name`.csv or `name`.parquet inside `directory` (first that exists)."""
-    for suffix in (".csv.gz", ".csv", ".parquet"):
-        candidate = directory / f"{name}{suffix}"
-        if candidate.is_file():
-            return candidate
+    """`name`.csv.gz, `name`.csv or `name`.parquet inside `directory`. Two of them side by side (a table
+    unpacked beside its archive, perhaps edited) is refused: which one is meant cannot be guessed."""
+    found = [directory / f"{name}{suffix}" for suffix in TABLE_SUFFIXES if (directory / f"{name}{suffix}").is_file()]
+    if len(found) > 1:
+        raise PrepareError(found[1], f"{' and '.join(p.name for p in found)} both exist in {directory}; keep one "
+                                     "(they may differ), move the other away")
+    if found:
+        return found[0]
     if required:
         raise PrepareError(directory / f"{name}.csv.gz", "required file is missing (also looked for .csv and .parquet)")
     return None
 
 
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
 def _csv_header(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
+    # Only the first line is decoded: a bad byte further down is reported at its own line, not as a header error.
     try:
-        with opener(path, "rt", newline="", encoding="utf-8") as handle:
-            return next(csv.reader(handle), [])
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        with _open_binary(path) as handle:
+            first = handle.readline()
+    except (OSError, EOFError, zlib.error) as exc:
         raise PrepareError(path, f"cannot read the header ({exc})", row=1) from exc
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PrepareError(path, f"byte 0x{first[exc.start]:02x} at character {exc.start + 1} is not UTF-8; "
+                                 "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)", row=1) from exc
+    return next(csv.reader([text]), [])
+
+
+def _read_csv(path: Path, convert: pacsv.ConvertOptions) -> pa.Table:
+    """pyarrow read_csv with a block large enough for the file's longest field (valid CSV of any field size)."""
+    block = CSV_BLOCK_BYTES
+    while True:
+        try:
+            return pacsv.read_csv(path, read_options=pacsv.ReadOptions(block_size=block), convert_options=convert)
+        except pa.ArrowInvalid as exc:
+            if "straddling" not in str(exc) or block >= CSV_BLOCK_MAX_BYTES:
+                raise
+            block *= 8
+
+
+def _field_of_offset(text: str, offset: int, header: list[str]) -> str:
+    """Header name of the field that character `offset` of one CSV line falls in (quotes respected)."""
+    field, quoted = 0, False
+    for ch in text[:offset]:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            field += 1
+    return header[field] if field < len(header) else f"#{field + 1} (the header has {len(header)})"
+
+
+def _locate_csv_problem(path: Path, header: list[str]) -> PrepareError | None:
+    """Slow path after pyarrow refused a file: the first line that is not UTF-8, or the first record whose field
+    count differs from the header's or whose quote never closes, as an error naming line and column."""
+    import itertools
+
+    line_no = 0
+    with _open_binary(path) as handle:
+        for raw in handle:
+            line_no += 1
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                text = raw.decode("utf-8", errors="replace")
+                return PrepareError(path, f"byte 0x{raw[exc.start]:02x} is not UTF-8; re-encode the file as UTF-8 "
+                                          "(e.g. iconv -f latin1 -t utf-8)",
+                                    column=_field_of_offset(text, exc.start, header), row=line_no)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, strict=True)
+        previous_end = 0
+        try:
+            for row in reader:
+                start = previous_end + 1
+                previous_end = reader.line_num
+                if start == 1 or row == []:
+                    continue
+                if len(row) != len(header):
+                    column = header[len(row)] if len(row) < len(header) else f"#{len(header) + 1}"
+                    return PrepareError(path, f"{len(row)} fields where the header has {len(header)}",
+                                        column=column, row=start)
+        except csv.Error as exc:
+            start = previous_end + 1
+            with opener(path, "rt", newline="", encoding="utf-8-sig") as again:
+                text = next(itertools.islice(again, start - 1, None), "")
+            quote = text.find('"')
+            column = _field_of_offset(text, quote, header) if quote >= 0 else None
+            return PrepareError(path, f"malformed CSV: {exc} (a quote opened here never closes, or a quote sits "
+                                      "inside an unquoted field)", column=column, row=start)
+    return None
 
 
 def _check_gzip_stream(path: Path) -> None:
@@ -154,22 +237,25 @@ def read_table(path: Path, columns: dict[str, pa.DataType], not_null: tuple[str,
     convert = pacsv.ConvertOptions(include_columns=list(columns), column_types=columns,
                                    strings_can_be_null=True, quoted_strings_can_be_null=True)
     try:
-        table = pacsv.read_csv(path, convert_options=convert)
+        table = _read_csv(path, convert)
     except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as exc:
-        _raise_located(path, columns, exc)
+        _raise_located(path, columns, exc, header)
     _check_not_null(path, table, not_null, csv_rows=True)
     return table
 
 
-def _raise_located(path: Path, columns: dict[str, pa.DataType], exc: Exception) -> None:
+def _raise_located(path: Path, columns: dict[str, pa.DataType], exc: Exception, header: list[str]) -> None:
     """Slow path, only after a failed read: find which file/column/row made it fail and raise that."""
     if path.suffix == ".gz":
         _check_gzip_stream(path)
     as_strings = pacsv.ConvertOptions(include_columns=list(columns), column_types={c: pa.string() for c in columns},
                                       strings_can_be_null=True, quoted_strings_can_be_null=True)
     try:
-        raw = pacsv.read_csv(path, convert_options=as_strings)
+        raw = _read_csv(path, as_strings)
     except (pa.ArrowInvalid, OSError) as exc2:
+        located = _locate_csv_problem(path, header)
+        if located is not None:
+            raise located from exc2
         raise PrepareError(path, f"malformed CSV ({exc2})") from exc2
     for name, target in columns.items():
         values = raw[name].combine_chunks()

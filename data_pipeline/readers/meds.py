@@ -94,7 +94,26 @@ def _read_splits(root: Path) -> pa.Table | None:
         raise PrepareError(path, f"unknown split {table[MEDS_SPLIT_COLUMN][bad].as_py()!r} "
                                  f"(expected {list(SPLIT_NAMES)})", column=MEDS_SPLIT_COLUMN, row=bad)
     names = pa.array([SPLIT_NAMES[s] for s in table[MEDS_SPLIT_COLUMN].to_pylist()], pa.string())
-    return pa.table({SUBJECT_ID: table[MEDS_SUBJECT], MEDS_SPLIT_COLUMN: names})
+    return _unique_split_rows(path, pa.table({SUBJECT_ID: table[MEDS_SUBJECT], MEDS_SPLIT_COLUMN: names}))
+
+
+def _unique_split_rows(path: Path, splits: pa.Table) -> pa.Table:
+    """A subject listed twice under one split is the same statement twice (kept once); under two splits it is a
+    contradiction that would leak a patient across splits, so it is refused naming the second row."""
+    subjects = splits[SUBJECT_ID].to_numpy()
+    order = np.argsort(subjects, kind="stable")
+    repeat = np.flatnonzero(subjects[order][1:] == subjects[order][:-1]) + 1
+    if not len(repeat):
+        return splits
+    names = np.asarray(splits[MEDS_SPLIT_COLUMN].to_pylist(), dtype=object)
+    clash = repeat[names[order][repeat] != names[order][repeat - 1]]
+    if len(clash):
+        row, first = int(order[clash[0]]), int(order[clash[0] - 1])
+        raise PrepareError(path, f"subject {subjects[row]} is listed in split {names[row]!r} here and in "
+                                 f"{names[first]!r} at row {first}", column=MEDS_SUBJECT, row=row)
+    keep = np.ones(len(subjects), bool)
+    keep[order[repeat]] = False
+    return splits.filter(pa.array(keep))
 
 
 

@@ -96,6 +96,8 @@ def read_mimic(hosp_dir: str | Path) -> RawRecords:
     hosp_dir = Path(hosp_dir)
     if not hosp_dir.is_dir():
         raise PrepareError(hosp_dir, "MIMIC-IV hosp folder does not exist")
+    if find_table_file(hosp_dir, PATIENTS, required=False) is None and (hosp_dir / "hosp").is_dir():
+        raise PrepareError(hosp_dir, f"this is the MIMIC-IV root, not its hosp module: pass --mimic {hosp_dir / 'hosp'}")
     rows_read: dict[str, int] = {}
 
     path = find_table_file(hosp_dir, PATIENTS)

@@ -35,6 +35,10 @@ def generate(system: str, n_patients: int, seed: int, out: Path, chunk_size: int
         raise ValueError(f"unknown system {system!r} (choose claims or mimic)")
     if n_patients < 1 or chunk_size < 1 or seed < 0:
         raise ValueError("patients and chunk size must be >= 1 and seed >= 0")
+    from sparseehr.data_pipeline.artifacts import MEDS_INPUT, MIMIC_INPUT, check_output_dir
+
+    # --overwrite replaces only an earlier synthetic tree of the same layout, never a DATA_DIR or a user's folder
+    check_output_dir(out, MIMIC_INPUT if system == "mimic" else MEDS_INPUT, overwrite)
     book = build_codebook()
     with atomic_output_dir(out, overwrite) as tmp:
         if system == "mimic":
