@@ -111,7 +111,8 @@ def run_prepare(source: Path, out: Path, num_proc: int, kind: str = "mimic") -> 
     if child.returncode != 0:
         raise RuntimeError(f"prepare failed ({child.returncode}):\n{stderr[-3000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    result.update(process_wall_s=wall, peak_tree_rss=peak[0], peak_tree_pss=peak[1])
+    out_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    result.update(process_wall_s=wall, peak_tree_rss=peak[0], peak_tree_pss=peak[1], out_bytes=out_bytes)
     return result
 
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result['elapsed_s']:.2f} s (process {result['process_wall_s']:.2f} s) | ratio "
                   f"{result['elapsed_s'] / read_s:.2f} (with start-up {result['process_wall_s'] / read_s:.2f}) | "
                   f"peak PSS {result['peak_tree_pss'] / 2**30:.2f} GiB (summed RSS {result['peak_tree_rss'] / 2**30:.2f}) | "
-                  f"steps {result['timings_s']}", flush=True)
+                  f"DATA_DIR {result['out_bytes'] / 2**20:.1f} MiB | steps {result['timings_s']}", flush=True)
         read_median = statistics.median(reads)
         prepare_median = statistics.median(p["elapsed_s"] for p in prepares)
         peak = max(p["peak_tree_pss"] for p in prepares)
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_median": round(prepare_median / read_median, 3),
             "ratio_with_startup_median": round(statistics.median(p["process_wall_s"] / r
                                                                  for p, r in zip(prepares, reads)), 3),
-            "source": kind,
+            "source": kind, "input_bytes": _input_bytes(kind, source), "data_dir_bytes": prepares[-1]["out_bytes"],
+            "data_dir_to_input": round(prepares[-1]["out_bytes"] / _input_bytes(kind, source), 3),
             "ratio_per_repeat_median": round(statistics.median(p["elapsed_s"] / r for p, r in zip(prepares, reads)), 3),
             "rows_per_s": round(rows / prepare_median), "peak_tree_pss_gib": round(peak / 2**30, 3),
             "peak_tree_rss_sum_gib": round(peak_rss / 2**30, 3),
@@ -214,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{TARGET_RATIO:g}), {figures['rows_per_s']:,} rows/s, "
               f"peak memory {figures['peak_tree_pss_gib']:.2f} GiB PSS incl. workers (target <= {TARGET_RSS_GIB:g}; summed "
               f"RSS {figures['peak_tree_rss_sum_gib']:.2f} GiB counts pages shared with forked workers twice), "
-              f"largest single process {figures['peak_single_process_rss_gib']:.2f} GiB -> "
+              f"largest single process {figures['peak_single_process_rss_gib']:.2f} GiB, DATA_DIR "
+              f"{figures['data_dir_to_input']:.2f}x the input bytes -> "
               f"{'within targets' if ok else 'TARGET MISSED'}")
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
