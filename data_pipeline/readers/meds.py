@@ -102,7 +102,7 @@ class _ShardScan:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.columns: dict[str, list[pa.Array]] = {name: [] for name in WANTED_COLUMNS}
-        self.codes: dict[str, int] = {}      # kept code -> its id in this shard
+        self.codes = pa.array([], pa.string())   # kept distinct codes; a row's code id is its index here
         self.skipped: dict[str, int] = {}
         self.subject_runs: list[np.ndarray] = []
         self.rows = self.kept = 0
@@ -148,8 +148,7 @@ class _ShardScan:
         # the batch's kept codes -> this shard's code ids (per distinct code, never per row)
         kept_entries = np.flatnonzero(keep_code)
         local = np.full(len(keep_code), -1, np.int32)
-        local[kept_entries] = [self.codes.setdefault(c, len(self.codes))
-                               for c in dictionary.take(pa.array(kept_entries)).to_pylist()]
+        local[kept_entries], self.codes = _code_ids(self.codes, dictionary.take(pa.array(kept_entries)))
         taken = batch.take(pa.array(rows))
         for name, target in WANTED_COLUMNS.items():
             if name not in names:
@@ -172,6 +171,17 @@ def _cast(path: Path, column: pa.Array, name: str) -> pa.Array:
         raise PrepareError(path, f"cannot convert to {target} ({exc})", column=name) from exc
 
 
+def _code_ids(known: pa.Array, distinct: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Ids of `distinct` (unique strings) in `known`, appending the new ones: (ids, extended known). Hash joins
+    in arrow, so the per-batch cost does not run Python code per distinct code."""
+    position = pc.index_in(distinct, value_set=known)
+    new = pc.is_null(position)
+    ids = pc.fill_null(position, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    is_new = new.to_numpy(zero_copy_only=False)
+    ids[is_new] = len(known) + np.arange(int(is_new.sum()), dtype=np.int32)
+    return ids, pa.concat_arrays([known, distinct.filter(new)]) if is_new.any() else known
+
+
 def _scan_shards(files: list[Path]) -> list[_ShardScan]:
     """Scan every shard, several at once: parquet decoding and the arrow kernels release the GIL, and each
     worker holds one batch at a time. Results (and the first error) come back in file order."""
@@ -185,11 +195,12 @@ def _scan_shards(files: list[Path]) -> list[_ShardScan]:
 def _kept_columns(scans: list[_ShardScan]) -> tuple[dict[str, pa.Array], pa.Array]:
     """The kept rows of all shards as contiguous columns (code as int64 ids into the returned code list),
     built one column at a time so the per-batch pieces are freed as they are joined."""
-    codes: dict[str, int] = {}
+    codes = pa.array([], pa.string())
     remaps = []
     for scan in scans:
-        remaps.append(np.array([codes.setdefault(c, len(codes)) for c in scan.codes], np.int64))
-        scan.codes = {}
+        ids, codes = _code_ids(codes, scan.codes)
+        remaps.append(ids.astype(np.int64))
+        scan.codes = None
     columns = {}
     for name, target in WANTED_COLUMNS.items():
         pieces = []
@@ -202,7 +213,7 @@ def _kept_columns(scans: list[_ShardScan]) -> tuple[dict[str, pa.Array], pa.Arra
             columns[name] = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
         else:
             columns[name] = pa.concat_arrays(pieces) if pieces else pa.array([], target)
-    return columns, pa.array(list(codes), pa.string())
+    return columns, codes
 
 
 def _read_splits(root: Path) -> pa.Table | None:
