@@ -156,6 +156,8 @@ def prepare(config: PrepareConfig) -> dict:
     clock = [time.perf_counter()]
 
     def step_done(name: str) -> None:
+        # arrow's allocator keeps freed pages for reuse; hand them back so one step's peak does not stay resident
+        pa.default_memory_pool().release_unused()
         now = time.perf_counter()
         timings[name] = round(now - clock[0], 3)
         clock[0] = now
@@ -257,6 +259,7 @@ def _report(config, records, harmonized, staging, split, split_source, vocab, vo
         "patients_without_visits": int(len(pc.unique(records.subjects)) - len(staging)),
         "visits": int(n_visits), "consecutive_visit_pairs": int(n_visits - len(staging)),
         "events_read": events_read, "rows_read": records.rows_read,
+        **({"meds_rows_skipped": records.skipped} if records.source == "meds" else {}),
         "dx_rows": counts.get("dx_rows_read", 0), "dx_icd9_rows": counts.get("dx_icd9_rows", 0),
         "dx_icd9_share": counts.get("dx_icd9_share", 0.0),
         "dx_icd9_mapped": counts.get("dx_icd9_mapped", 0),

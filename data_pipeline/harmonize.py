@@ -267,7 +267,7 @@ def icd10cm_categories() -> tuple[frozenset, dict]:
         raise ModuleNotFoundError(f"{CATEGORY_PACKAGE} is required for the ICD-10-CM category list")
     data = (Path(list(spec.submodule_search_locations)[0]) / CATEGORY_RESOURCE[1]).read_bytes()
     lines = data.decode("utf-8").split()
-    categories = frozenset(line for line in lines if re.fullmatch(r"[A-Z][0-9][0-9A-Z]", line))
+    categories = frozenset(line for line in lines if len(line) == 3 and re.fullmatch(r"[A-Z][0-9][0-9A-Z]", line))
     source = {"package": CATEGORY_PACKAGE, "version": metadata.version(CATEGORY_PACKAGE),
               "file": "/".join(CATEGORY_RESOURCE), "sha256": hashlib.sha256(data).hexdigest()}
     return categories, source

@@ -123,7 +123,7 @@ CODE_COUNTS_FILE = "train_code_counts.json"  # training-split diagnosis occurren
 
 # Per-patient columns
 COL_SUBJECT_ID = SUBJECT_ID
-COL_INPUT_IDS = "input_ids"               # list<int32>: the whole timeline, <bos> ... <eor>
+COL_INPUT_IDS = "input_ids"               # list<uint8|uint16|int32> (narrowest for the vocabulary): <bos> ... <eor>
 COL_PREFIX_LEN = "prefix_len"             # int32: tokens of <bos> + demographics prefix
 COL_VISIT_OFFSETS = "visit_offsets"       # list<int32>: index in input_ids where each visit starts (its GAP token)
 COL_VISIT_TIMES = "visit_times"           # list<int64>: visit start, seconds since the Unix epoch

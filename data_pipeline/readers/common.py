@@ -44,6 +44,7 @@ class RawRecords:
     subjects: every subject id the source declares (patients table / any MEDS row).
     splits: (subject_id, split) from the source (MEDS subject_splits, mapped to our split names) or None.
     rows_read: rows read per source table or file. dropped: reader-level drops by reason.
+    skipped: rows the reader passed over without materialising them, by code family (MEDS event tables).
     """
 
     source: str
@@ -54,6 +55,7 @@ class RawRecords:
     splits: pa.Table | None = None
     rows_read: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
 
 
 def constant_dictionary(value: str, n: int, dictionary: pa.Array) -> pa.DictionaryArray:

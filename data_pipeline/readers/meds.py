@@ -1,20 +1,33 @@
-"""MEDS v0.4 reader: DIR/data/**/*.parquet (+ metadata/subject_splits.parquet when present).
+"""MEDS v0.4 reader: DIR/data/**/*.parquet (+ metadata/subject_splits.parquet when present), streamed.
 
 Codes follow the MIMIC-MEDS convention:
   MEDS_BIRTH (time = birth) | GENDER//F, GENDER//M (static) | REGION//<name> (static, our extension)
   DIAGNOSIS//ICD//9//<code>, DIAGNOSIS//ICD//10//<code> | PROCEDURE//ICD//9//<code>, PROCEDURE//ICD//10//<code>
   HCPCS//<code> (CPT/HCPCS; CPT//<code> accepted too) | HOSPITAL_ADMISSION//..., HOSPITAL_DISCHARGE//... (visits)
-Every other code (labs, MEDS_DEATH, ...) is not tokenized and is counted under `meds_rows_not_tokenized`.
+Every other code (labs, vitals, medications, MEDS_DEATH, ...) is skipped while scanning: such rows are never
+materialised, only counted per prefix family (the code up to its first `//`) under `meds_rows_skipped`, and in
+total under `meds_rows_not_tokenized`.
+
+Streaming: each shard is read batch by batch with its `code` column dictionary-encoded, so the keep/skip
+decision runs once per distinct code of a batch (a few thousand) and rows are filtered by integer index; only
+the kept rows (diagnoses, procedures, demographics, admissions: a few percent of a MEDS data set with event
+tables) are held, so memory does not grow with the lab/vital/medication rows.
 
 Visits: rows with a non-null `hadm_id` (when that column exists) form one visit per hadm_id; the other timed rows
 form one visit per calendar day. A visit starts at its HOSPITAL_ADMISSION row when it has one (MIMIC-MEDS puts
 diagnoses at discharge), else at its earliest row. A discharge row without hadm_id defines no visit.
 Recorded order within a visit is the row order of the data (files in sorted path order), or a `seq_num` column.
+A subject whose rows sit in several shards (MEDS asks for one shard per subject) is read as one subject: the
+kept rows of all shards are grouped together, so the result does not depend on how subjects were sharded.
 """
+
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import meds
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,61 +42,182 @@ from sparseehr.data_pipeline.schema import (
     VISIT_ID,
 )
 
-# MEDS names (the source format; our own column names come from schema.py)
-MEDS_SUBJECT, MEDS_TIME, MEDS_CODE, MEDS_HADM, MEDS_SEQ = "subject_id", "time", "code", "hadm_id", "seq_num"
-MEDS_SPLIT_COLUMN = "split"
-BIRTH_CODE = "MEDS_BIRTH"
+# MEDS names, from the MEDS package where it defines them (the source format; our own names come from schema.py)
+MEDS_SUBJECT, MEDS_TIME, MEDS_CODE = (meds.DataSchema.subject_id_name, meds.DataSchema.time_name,
+                                      meds.DataSchema.code_name)
+MEDS_HADM, MEDS_SEQ = "hadm_id", "seq_num"   # MIMIC-MEDS extra columns (not in the MEDS core schema)
+MEDS_SPLIT_COLUMN = meds.SubjectSplitSchema.split_name
+BIRTH_CODE = meds.birth_code
 SEX_PREFIX_MEDS, REGION_PREFIX_MEDS = "GENDER//", "REGION//"
 CPT_PREFIXES_MEDS = ("HCPCS//", "CPT//")
 ADMISSION_PREFIX, DISCHARGE_PREFIX = "HOSPITAL_ADMISSION//", "HOSPITAL_DISCHARGE//"
 ICD_PATTERNS = {KIND_DX: r"^DIAGNOSIS//ICD//(?P<version>[^/]*)//(?P<value>.*)$",
                 KIND_PX: r"^PROCEDURE//ICD//(?P<version>[^/]*)//(?P<value>.*)$"}
 ICD_PREFIXES = {KIND_DX: "DIAGNOSIS//ICD//", KIND_PX: "PROCEDURE//ICD//"}
-SPLIT_NAMES = {"train": "train", "tuning": "validation", "held_out": "test"}
+SPLIT_NAMES = {meds.train_split: "train", meds.tuning_split: "validation", meds.held_out_split: "test"}
+FAMILY_SEPARATOR = "//"     # a code's prefix family (LAB, MEDS_DEATH, ...) is its text before the first //
+STREAM_BATCH_ROWS = 1 << 20  # rows decoded at once per shard: bounds the scan's memory whatever the shard size
+SCAN_WORKERS = 4             # shards scanned at once (capped by the CPU count)
+KEPT_PREFIXES = (ICD_PREFIXES[KIND_DX], ICD_PREFIXES[KIND_PX], *CPT_PREFIXES_MEDS, ADMISSION_PREFIX, DISCHARGE_PREFIX,
+                 SEX_PREFIX_MEDS, REGION_PREFIX_MEDS)
+WANTED_COLUMNS = {MEDS_SUBJECT: pa.int64(), MEDS_TIME: TIME_TYPE, MEDS_CODE: pa.string(), MEDS_HADM: pa.int64(),
+                  MEDS_SEQ: pa.int32()}
 DAY_US = 86_400 * 1_000_000
 DAY_VISIT_BASE = 1 << 40   # calendar-day visit ids are negative: -(DAY_VISIT_BASE + day), never a hadm_id
 
 
 def _data_files(root: Path) -> list[Path]:
-    files = sorted((root / "data").rglob("*.parquet"))
+    files = sorted((root / meds.data_subdirectory).rglob("*.parquet"))
     if not files:
-        raise PrepareError(root / "data", "no MEDS data files (expected data/**/*.parquet)")
+        raise PrepareError(root / meds.data_subdirectory, "no MEDS data files (expected data/**/*.parquet)")
     return files
 
 
-def _read_shard(path: Path) -> pa.Table:
+def _open_shard(path: Path) -> tuple[pq.ParquetFile, list[str]]:
+    """The shard, opened to decode `code` as dictionary indices, and the wanted columns it holds."""
     try:
-        schema = pq.read_schema(path)
+        shard = pq.ParquetFile(path, read_dictionary=[MEDS_CODE])
+        schema = shard.schema_arrow
     except (pa.ArrowInvalid, OSError) as exc:
         raise PrepareError(path, f"cannot read parquet ({exc})") from exc
     for name in (MEDS_SUBJECT, MEDS_TIME, MEDS_CODE):
         if name not in schema.names:
             raise PrepareError(path, f"required MEDS column is missing (file has {schema.names})", column=name)
-    wanted = {MEDS_SUBJECT: pa.int64(), MEDS_TIME: TIME_TYPE, MEDS_CODE: pa.string(), MEDS_HADM: pa.int64(),
-              MEDS_SEQ: pa.int32()}
-    names = [n for n in wanted if n in schema.names]
-    try:
-        table = pq.read_table(path, columns=names)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise PrepareError(path, f"cannot read parquet ({exc})") from exc
-    columns = {}
-    for name in wanted:
-        if name not in names:
-            columns[name] = pa.nulls(table.num_rows, wanted[name])
-            continue
+    return shard, [n for n in WANTED_COLUMNS if n in schema.names]
+
+
+def _classify(dictionary: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Per distinct code of a batch: whether the pipeline needs its rows, and its prefix family."""
+    keep = pc.equal(dictionary, BIRTH_CODE)
+    for prefix in KEPT_PREFIXES:
+        keep = pc.or_(keep, pc.starts_with(dictionary, prefix))
+    family = pc.list_element(pc.split_pattern(dictionary, FAMILY_SEPARATOR, max_splits=1), 0)
+    return keep.to_numpy(zero_copy_only=False), family
+
+
+class _ShardScan:
+    """What the scan keeps of one shard: the needed rows (codes as ids into the shard's own code list),
+    skipped-row counts by family, one subject id per run of rows (shards are sorted by subject)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.columns: dict[str, list[pa.Array]] = {name: [] for name in WANTED_COLUMNS}
+        self.codes = pa.array([], pa.string())   # kept distinct codes; a row's code id is its index here
+        self.skipped: dict[str, int] = {}
+        self.subject_runs: list[np.ndarray] = []
+        self.rows = self.kept = 0
+
+    def scan(self, stop_at_kept: int | None = None) -> "_ShardScan | int":
+        """Scan the shard; with `stop_at_kept` k, return instead the file row of its k-th kept row (errors)."""
+        shard, names = _open_shard(self.path)
         try:
-            columns[name] = table[name].cast(wanted[name])
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise PrepareError(path, f"cannot convert to {wanted[name]} ({exc})", column=name) from exc
-    for name in (MEDS_SUBJECT, MEDS_CODE):
-        bad = first_false(pc.is_valid(columns[name]))
-        if bad is not None:
-            raise PrepareError(path, "empty value where one is required", column=name, row=bad)
-    return pa.table(columns)
+            for batch in shard.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=names):
+                rows = self._batch(names, batch, locate=stop_at_kept is not None)
+                if stop_at_kept is not None and stop_at_kept < self.kept + len(rows):
+                    return self.rows + int(rows[stop_at_kept - self.kept])
+                self.rows += batch.num_rows
+                self.kept += len(rows)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise PrepareError(self.path, f"cannot read parquet ({exc})") from exc
+        return self
+
+    def _batch(self, names: list[str], batch: pa.RecordBatch, locate: bool) -> np.ndarray:
+        path, offset = self.path, self.rows
+        for name in (MEDS_SUBJECT, MEDS_CODE):
+            if batch.column(name).null_count:
+                bad = first_false(pc.is_valid(batch.column(name)))
+                raise PrepareError(path, "empty value where one is required", column=name, row=offset + bad)
+        code = batch.column(MEDS_CODE)
+        if not pa.types.is_dictionary(code.type):
+            code = pc.dictionary_encode(code)
+        dictionary = code.dictionary.cast(pa.string())
+        keep_code, family = _classify(dictionary)
+        index = code.indices.to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(keep_code[index])
+        if locate:
+            return rows
+        per_code = np.bincount(index, minlength=len(keep_code))
+        per_code[keep_code] = 0
+        present = np.flatnonzero(per_code)
+        for name, count in zip(family.take(pa.array(present)).to_pylist(), per_code[present].tolist()):
+            self.skipped[name] = self.skipped.get(name, 0) + count
+        subject = _cast(path, batch.column(MEDS_SUBJECT), MEDS_SUBJECT).to_numpy(zero_copy_only=False)
+        self.subject_runs.append(subject[np.concatenate([[True], subject[1:] != subject[:-1]])])
+        if not len(rows):
+            return rows
+        # the batch's kept codes -> this shard's code ids (per distinct code, never per row)
+        kept_entries = np.flatnonzero(keep_code)
+        local = np.full(len(keep_code), -1, np.int32)
+        local[kept_entries], self.codes = _code_ids(self.codes, dictionary.take(pa.array(kept_entries)))
+        taken = batch.take(pa.array(rows))
+        for name, target in WANTED_COLUMNS.items():
+            if name not in names:
+                column = pa.nulls(len(rows), target)
+            elif name == MEDS_CODE:
+                column = pa.array(local[index[rows]])
+            else:
+                column = _cast(path, taken.column(name), name)
+            self.columns[name].append(column)
+        return rows
+
+
+def _cast(path: Path, column: pa.Array, name: str) -> pa.Array:
+    target = WANTED_COLUMNS[name]
+    if column.type == target:
+        return column
+    try:
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise PrepareError(path, f"cannot convert to {target} ({exc})", column=name) from exc
+
+
+def _code_ids(known: pa.Array, distinct: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Ids of `distinct` (unique strings) in `known`, appending the new ones: (ids, extended known). Hash joins
+    in arrow, so the per-batch cost does not run Python code per distinct code."""
+    position = pc.index_in(distinct, value_set=known)
+    new = pc.is_null(position)
+    ids = pc.fill_null(position, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+    is_new = new.to_numpy(zero_copy_only=False)
+    ids[is_new] = len(known) + np.arange(int(is_new.sum()), dtype=np.int32)
+    return ids, pa.concat_arrays([known, distinct.filter(new)]) if is_new.any() else known
+
+
+def _scan_shards(files: list[Path]) -> list[_ShardScan]:
+    """Scan every shard, several at once: parquet decoding and the arrow kernels release the GIL, and each
+    worker holds one batch at a time. Results (and the first error) come back in file order."""
+    workers = max(1, min(SCAN_WORKERS, os.cpu_count() or 1, len(files)))
+    if workers == 1:
+        return [_ShardScan(path).scan() for path in files]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda path: _ShardScan(path).scan(), files))
+
+
+def _kept_columns(scans: list[_ShardScan]) -> tuple[dict[str, pa.Array], pa.Array]:
+    """The kept rows of all shards as contiguous columns (code as int64 ids into the returned code list),
+    built one column at a time so the per-batch pieces are freed as they are joined."""
+    codes = pa.array([], pa.string())
+    remaps = []
+    for scan in scans:
+        ids, codes = _code_ids(codes, scan.codes)
+        remaps.append(ids.astype(np.int64))
+        scan.codes = None
+    columns = {}
+    for name, target in WANTED_COLUMNS.items():
+        pieces = []
+        for scan, remap in zip(scans, remaps):
+            parts, scan.columns[name] = scan.columns[name], []
+            if name == MEDS_CODE:
+                parts = [remap[np.concatenate([p.to_numpy() for p in parts])]] if parts else []
+            pieces += parts
+        if name == MEDS_CODE:
+            columns[name] = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+        else:
+            columns[name] = pa.concat_arrays(pieces) if pieces else pa.array([], target)
+    return columns, codes
 
 
 def _read_splits(root: Path) -> pa.Table | None:
-    path = root / "metadata" / "subject_splits.parquet"
+    path = root / meds.subject_splits_filepath
     if not path.is_file():
         return None
     table = read_parquet_columns(path, {MEDS_SUBJECT: pa.int64(), MEDS_SPLIT_COLUMN: pa.string()},
@@ -124,35 +258,42 @@ def read_meds(root: str | Path) -> RawRecords:
     if not root.is_dir():
         raise PrepareError(root, "MEDS folder does not exist")
     files = _data_files(root)
-    shards = [_read_shard(path) for path in files]
-    rows_read = {str(path.relative_to(root)): shard.num_rows for path, shard in zip(files, shards)}
-    file_of_row = np.repeat(np.arange(len(files)), [s.num_rows for s in shards])
-    row_in_file = np.concatenate([np.arange(s.num_rows) for s in shards])
-    data = pa.concat_tables(shards)
-    del shards
-    if data.num_rows == 0:
-        raise PrepareError(root / "data", "the MEDS data files hold no rows")
-    code = data[MEDS_CODE].combine_chunks()
-    subject, time = data[MEDS_SUBJECT].combine_chunks(), data[MEDS_TIME].combine_chunks()
+    scans = _scan_shards(files)
+    rows_read = {str(scan.path.relative_to(root)): scan.rows for scan in scans}
+    if not sum(rows_read.values()):
+        raise PrepareError(root / meds.data_subdirectory, "the MEDS data files hold no rows")
+    skipped: dict[str, int] = {}
+    for scan in scans:
+        for family, count in scan.skipped.items():
+            skipped[family] = skipped.get(family, 0) + count
+    skipped = dict(sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    subjects = pa.array(np.unique(np.concatenate([run for scan in scans for run in scan.subject_runs])), pa.int64())
+    kept_starts = np.cumsum([0] + [scan.kept for scan in scans])
+    data, distinct_codes = _kept_columns(scans)
+    del scans
+    # Codes repeat massively (millions of rows, thousands of distinct codes): the scan already gave each row the
+    # id of its distinct code, so each distinct code is classified and parsed once and rows are indexed by id.
+    code_index = data[MEDS_CODE]
+    n_rows = len(code_index)
+    subject, time = data[MEDS_SUBJECT], data[MEDS_TIME]
     has_time = pc.is_valid(time).to_numpy(zero_copy_only=False)
-    handled = np.zeros(data.num_rows, bool)
+    handled = np.zeros(n_rows, bool)
     dropped: dict[str, int] = {}
 
-    # Codes repeat massively (millions of rows, thousands of distinct codes): classify and parse each distinct
-    # code once, then index rows by their dictionary position.
-    encoded = pc.dictionary_encode(code)
-    code_index = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    distinct_codes = encoded.dictionary
+    def code_of(index: int) -> str:
+        return distinct_codes[int(code_index[index])].as_py()
 
     def mask_prefix(prefix: str) -> np.ndarray:
         return pc.starts_with(distinct_codes, prefix).to_numpy(zero_copy_only=False)[code_index]
 
     def locate(index: int) -> tuple[Path, int]:
-        return files[file_of_row[index]], int(row_in_file[index])
+        """File and row of the index-th kept row (slow path, for error messages: scans that shard again)."""
+        number = int(np.searchsorted(kept_starts, index, side="right")) - 1
+        return files[number], _ShardScan(files[number]).scan(stop_at_kept=int(index - kept_starts[number]))
 
     # ---- visits: hadm_id when present, else calendar day; start at the admission row if any ----
     is_admission, is_discharge = mask_prefix(ADMISSION_PREFIX), mask_prefix(DISCHARGE_PREFIX)
-    hadm = data[MEDS_HADM].combine_chunks()
+    hadm = data[MEDS_HADM]
     has_hadm = pc.is_valid(hadm).to_numpy(zero_copy_only=False)
     time_us = pc.fill_null(time.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
     day_visit = -(DAY_VISIT_BASE + np.floor_divide(time_us, DAY_US))
@@ -171,7 +312,7 @@ def read_meds(root: str | Path) -> RawRecords:
         bad = first_false(pc.is_valid(parsed).to_numpy(zero_copy_only=False)[row_code])
         if bad is not None:
             path, row = locate(rows[bad])
-            raise PrepareError(path, f"malformed ICD code {code[rows[bad]].as_py()!r} (expected "
+            raise PrepareError(path, f"malformed ICD code {code_of(rows[bad])!r} (expected "
                                      f"{ICD_PREFIXES[kind]}<9|10>//<code>)", column=MEDS_CODE, row=row)
         version = pc.fill_null(parsed.field("version"), "")
         known = pc.is_in(version, value_set=pa.array(["9", "10"])).to_numpy(zero_copy_only=False)
@@ -179,11 +320,11 @@ def read_meds(root: str | Path) -> RawRecords:
         if bad is not None:
             path, row = locate(rows[bad])
             raise PrepareError(path, f"unknown ICD version {version[row_code[bad]].as_py()!r} in "
-                                     f"{code[rows[bad]].as_py()!r} (expected 9 or 10)", column=MEDS_CODE, row=row)
+                                     f"{code_of(rows[bad])!r} (expected 9 or 10)", column=MEDS_CODE, row=row)
         is_nine = pc.equal(version, "9").to_numpy(zero_copy_only=False)
         kinds[kind] = (rows, np.where(is_nine[row_code], 0, 1).astype(np.int8),
                        parsed.field("value").take(pa.array(row_code)))
-    cpt_mask = np.zeros(data.num_rows, bool)
+    cpt_mask = np.zeros(n_rows, bool)
     for prefix in CPT_PREFIXES_MEDS:
         cpt_mask |= mask_prefix(prefix)
     handled |= cpt_mask
@@ -192,14 +333,14 @@ def read_meds(root: str | Path) -> RawRecords:
     kinds[KIND_CPT] = (cpt_rows, None, cpt_values.take(pa.array(code_index[cpt_rows])))
 
     # code rows without a time belong to no visit: dropped, counted
-    visit_rows = np.zeros(data.num_rows, bool)
+    visit_rows = np.zeros(n_rows, bool)
     for kind, (rows, system, values) in kinds.items():
         timed = has_time[rows]
         dropped[f"{kind}_without_time"] = int((~timed).sum())
         rows, values = rows[timed], values.filter(pa.array(timed))
         system = SYSTEM_CPT if system is None else system[timed]
         visit_rows[rows] = True
-        seq = data[MEDS_SEQ].combine_chunks().take(pa.array(rows))
+        seq = data[MEDS_SEQ].take(pa.array(rows))
         parts.append(make_events(subject.take(pa.array(rows)), pa.array(visit_id[rows], pa.int64()),
                                  time.take(pa.array(rows)), kind, system, values, seq))
     visit_rows |= is_admission & has_time
@@ -226,12 +367,12 @@ def read_meds(root: str | Path) -> RawRecords:
     for prefix, system in ((SEX_PREFIX_MEDS, SYSTEM_SEX), (REGION_PREFIX_MEDS, SYSTEM_REGION)):
         rows = np.flatnonzero(mask_prefix(prefix))
         handled[rows] = True
-        values = pc.utf8_slice_codeunits(code.take(pa.array(rows)), len(prefix))
+        values = pc.utf8_slice_codeunits(distinct_codes.take(pa.array(code_index[rows])), len(prefix))
         parts.insert(1, make_events(subject.take(pa.array(rows)), None, None, KIND_DEMOGRAPHIC, system, values))
-    dropped["meds_rows_not_tokenized"] = int((~handled).sum())
+    dropped["meds_rows_not_tokenized"] = int((~handled).sum()) + sum(skipped.values())
     return RawRecords(source="meds", path=str(root), events=pa.concat_tables(parts), visits=visits,
-                      subjects=pc.unique(subject), splits=_read_splits(root), rows_read=rows_read,
-                      dropped={k: v for k, v in dropped.items() if v})
+                      subjects=subjects, splits=_read_splits(root), rows_read=rows_read,
+                      dropped={k: v for k, v in dropped.items() if v}, skipped=skipped)
 
 
 __all__ = ["read_meds"]
