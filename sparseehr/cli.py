@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("sparseehr.cli:bench_main", "benchmarks: prepare, model, train"),
     "demo": ("sparseehr.demo:main", "the main job: synth -> prepare -> train -> export -> zero-shot eval"),
     "ablate": ("sparseehr.ablate:main", "dense-prefix ablation (the paper's Tables 3-4)"),
+    "scaling": ("sparseehr.scaling.cli:main", "scaling laws: IsoFLOP sweep plan, run, fit"),
 }
 
 BENCHES: dict[str, str] = {
