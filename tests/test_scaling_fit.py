@@ -40,7 +40,7 @@ def synthetic_rows(noise=0.002, seed=0, family="dense", sizes=9, offset=1.4):
 
 
 def test_isoflop_recovers_known_exponents_with_noise():
-    result = fitmod.fit_runs(synthetic_rows(), n_boot=100, seed=1)
+    result = fitmod.fit_runs(synthetic_rows(), n_boot=60, seed=1)
     iso = result["families"]["dense"]["isoflop"]
     assert all(b["accepted"] and b["curvature"] > 0 for b in iso["budgets"])
     assert iso["a"] == pytest.approx(0.58, abs=0.03)
@@ -84,7 +84,7 @@ def test_cli_on_a_hand_written_table_writes_the_contract(tmp_path):
     for row in rows:  # the hybrid family reaches each loss with 20% less compute: same law at C / 0.8
         if row["family"] == "hybrid":
             row["val_loss"] = float(law(row["params_active"], row["tokens"] / 0.8))
-        row["recall_at_10"] = round(0.9 - 0.1 * row["val_loss"], 4)
+        row["recall_at_10"] = round(0.95 - 0.05 * row["val_loss"], 4)
     runs = tmp_path / "runs.jsonl"
     runs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "fit"
@@ -95,7 +95,7 @@ def test_cli_on_a_hand_written_table_writes_the_contract(tmp_path):
         assert {"a", "a_ci", "b", "b_ci", "budgets"} <= set(iso) and len(iso["a_ci"]) == 2
         assert {"budget_flops", "curvature", "n_opt", "d_opt", "accepted"} <= set(iso["budgets"][0])
         assert {"E", "A", "B", "alpha", "beta", "a", "b"} <= set(par)
-        assert fit["families"][family]["utility"]["recall_at_10"]["vs_val_loss"]["slope"] == pytest.approx(-0.1,
+        assert fit["families"][family]["utility"]["recall_at_10"]["vs_val_loss"]["slope"] == pytest.approx(-0.05,
                                                                                                          abs=1e-3)
     assert fit["comparison"]["fewest_flops"] == "hybrid"
     assert fit["comparison"]["ratio_to_fewest"]["dense"] == pytest.approx(1.25, rel=0.1)
@@ -129,3 +129,16 @@ def test_fit_module_does_not_import_deepspeed(tmp_path):
             f"rc = main(['fit', {str(runs)!r}, '--out', {str(tmp_path / 'fit')!r}, '--bootstrap', '5']); "
             "assert rc == 0; assert 'deepspeed' not in sys.modules, 'fit imported deepspeed'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_scaling_dispatcher_and_plan_help_stay_light(capsys):
+    from sparseehr.scaling import cli
+
+    assert cli.main(["no-such"]) == 2 and "unknown sub-command" in capsys.readouterr().err
+    assert cli.main(["--help"]) == 0 and "plan" in capsys.readouterr().out
+    code = ("import sys; from sparseehr.scaling.cli import main\n"
+            "try:\n    main(['plan', '--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
+            "assert 'deepspeed' not in sys.modules and 'datasets' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--tokens-per-param" in done.stdout

@@ -29,7 +29,7 @@ def make_plan(tiny_data, out, *extra):
 
 
 def test_plan_flops_per_token_match_a_hand_count(tiny_data, tmp_path):
-    rc, path = make_plan(tiny_data, tmp_path / "plan", "--budgets", "2e9", "--family", "hybrid", "--sizes", "4")
+    rc, path = make_plan(tiny_data, tmp_path / "plan", "--budgets", "2e9", "--family", "hybrid", "--sizes", "7")
     assert rc == 0
     plan = json.loads(path.read_text())
     vocab, seq_len = plan["data"]["vocab_size"], plan["training"]["seq_len"]
@@ -59,7 +59,7 @@ def test_plan_picks_shapes_around_the_expected_optimum(tiny_data, tmp_path):
             points = [p for p in plan["points"] if p["family"] == family and p["budget_flops"] == budget]
             ratios = [p["tokens"] / p["params_active"] for p in points]
             assert len(points) == 4 and ratios == sorted(ratios, reverse=True)  # distinct sizes, smallest first
-            assert ratios[0] >= 20 >= ratios[-1] or points[0]["hidden_size"] == 16
+            assert ratios[0] >= 20 >= ratios[-1] or points[0]["hidden_size"] == 8
     big = [p["params_active"] for p in plan["points"] if p["budget_flops"] == 1e12 and p["family"] == "dense"]
     small = [p["params_active"] for p in plan["points"] if p["budget_flops"] == 1e8 and p["family"] == "dense"]
     assert max(big) > max(small)  # more compute, larger shapes
@@ -104,7 +104,7 @@ def test_run_resumes_after_a_killed_point(tiny_data, tmp_path):
     proc = subprocess.Popen(_run_cmd(plan_dir), env=subprocess_env(), cwd=REPO_ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill the whole sweep (its trainer too) once point 0 is in runs.jsonl and point 1 has a checkpoint.
-    deadline = time.time() + 400
+    deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
         if (second_dir / "latest").is_file() and (plan_dir / runmod.RUNS_FILE).is_file():
             os.killpg(proc.pid, signal.SIGKILL)
@@ -118,7 +118,7 @@ def test_run_resumes_after_a_killed_point(tiny_data, tmp_path):
     first_metrics = (plan_dir / planmod.RUNS_DIR / first / "metrics.jsonl").read_bytes()
 
     done = subprocess.run(_run_cmd(plan_dir), env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=400)
+                          timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 of 2 points finished earlier; 1 to run" in done.stdout
     assert f"resumed global_step{killed_at}" in done.stdout

@@ -2,7 +2,7 @@
 
 A family turns a (width, depth) shape into the SparseEHRConfig fields of one model; the ladder is the list of
 shapes a plan picks from (roughly x1.5-2 in non-embedding parameters per rung). Every family keeps the same
-attention (head width 16-64, two query heads per key-value head) and the same *active* MLP width per token, 3 x
+attention (head width 4-64, two query heads per key-value head) and the same *active* MLP width per token, 3 x
 hidden: dense blocks use a 3h SwiGLU; MoE blocks route each token to one 1.5h expert (of 4) plus a 1.5h shared
 expert, like the `small` preset. So at a given shape the families differ only in what the MoE adds: routers
 and idle experts (total parameters), not active width.
@@ -10,7 +10,7 @@ and idle experts (total parameters), not active width.
 >>> dense(64, 2)["first_k_dense_replace"], hybrid(64, 8)["first_k_dense_replace"], all_moe(64, 2)["first_k_dense_replace"]
 (2, 2, 0)
 >>> [shape for shape in LADDER[:3]]
-[(16, 2), (24, 2), (32, 2)]
+[(8, 2), (12, 2), (16, 2)]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 # (hidden_size, num_hidden_layers), smallest first.
 LADDER: list[tuple[int, int]] = [
-    (16, 2), (24, 2), (32, 2), (48, 2), (64, 2), (64, 3), (96, 3), (128, 3), (128, 4), (192, 4), (256, 4), (256, 6),
+    (8, 2), (12, 2), (16, 2), (24, 2), (32, 2), (48, 2), (64, 2), (64, 3), (96, 3), (128, 3), (128, 4), (192, 4), (256, 4), (256, 6),
     (384, 6),
     (512, 6), (512, 8), (768, 8), (768, 12), (1024, 12), (1024, 16), (1536, 16), (2048, 16), (2048, 24),
 ]
@@ -26,7 +26,7 @@ NUM_EXPERTS = 4
 
 
 def attention_fields(hidden: int) -> dict[str, int]:
-    """Heads of 16-64 wide: max(2, hidden // 64) query heads, half as many key-value heads (GQA)."""
+    """Heads of 4-64 wide: max(2, hidden // 64) query heads, half as many key-value heads (GQA)."""
     heads = max(2, hidden // 64)
     if hidden % heads or (hidden // heads) % 2:
         raise ValueError(f"hidden_size {hidden} does not split into {heads} heads of even width")
