@@ -93,19 +93,60 @@ def count_parameters(config: SparseEHRConfig) -> ParamCounts:
     )
 
 
+@dataclass(frozen=True)
+class FlopBreakdown:
+    """Forward FLOPs per token by part, at one context length (the convention of the module docstring).
+
+    Every field is 2 x the multiply-accumulates of that part for one token; `attention_scores` is QK^T plus the
+    weighted sum of V over the full context. MoE parts count what a token actually runs: the router of every
+    MoE layer, `num_experts_per_tok` routed experts and the shared expert (or PR-MoE residual MLP + coefficient).
+    """
+
+    seq_len: int
+    attention_projections: float  # q, k, v, o of every layer
+    attention_scores: float       # 2 * 2 * seq_len * heads * head_dim per layer
+    dense_mlp: float              # the D dense blocks' SwiGLU
+    router: float                 # hidden x num_experts per MoE layer
+    routed_experts: float         # num_experts_per_tok experts per MoE layer
+    shared_expert: float          # shared expert (+ gate) or PR-MoE residual MLP (+ coefficient)
+    output_projection: float      # hidden x vocab (tied or not: it is a matmul either way)
+
+    @property
+    def forward(self) -> float:
+        return (self.attention_projections + self.attention_scores + self.dense_mlp + self.router
+                + self.routed_experts + self.shared_expert + self.output_projection)
+
+    @property
+    def training(self) -> float:
+        """Forward + backward: the backward pass costs twice the forward (Kaplan et al. 2020's 6N)."""
+        return 3.0 * self.forward
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "forward": self.forward, "training": self.training}
+
+
+def flops_breakdown(config: SparseEHRConfig, seq_len: int) -> FlopBreakdown:
+    """Forward FLOPs per token, part by part, at context length `seq_len` (the packed row length in training)."""
+    if not isinstance(seq_len, int) or seq_len <= 0:
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    counts = count_parameters(config)
+    # Norm weights are elementwise (no matmul) and the input embedding is a gather: neither is counted.
+    return FlopBreakdown(
+        seq_len=seq_len,
+        attention_projections=2.0 * counts.attention,
+        attention_scores=2.0 * 2 * seq_len * config.num_attention_heads * config.head_dim * config.num_hidden_layers,
+        dense_mlp=2.0 * counts.dense_mlp,
+        router=2.0 * counts.router,
+        routed_experts=2.0 * counts.routed_experts_active,
+        shared_expert=2.0 * counts.shared_expert,
+        output_projection=2.0 * config.vocab_size * config.hidden_size,
+    )
+
+
 def flops_per_token(config: SparseEHRConfig, seq_len: int, training: bool) -> float:
     """Model FLOPs per token at context length `seq_len` (forward, or forward+backward when `training`)."""
-    if seq_len <= 0:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
-    counts = count_parameters(config)
-    # Matmul parameters a token multiplies by: all active ones except norms (elementwise) and the input
-    # embedding (a gather); the output projection is a matmul whether or not it is tied.
-    matmul_params = counts.active_per_token - counts.norms - counts.embedding
-    if config.tie_word_embeddings:
-        matmul_params += counts.embedding  # the tied matrix is used as the output projection
-    attention_scores = 2 * 2 * seq_len * config.num_attention_heads * config.head_dim * config.num_hidden_layers
-    forward = 2.0 * matmul_params + attention_scores
-    return 3.0 * forward if training else forward
+    breakdown = flops_breakdown(config, seq_len)
+    return breakdown.training if training else breakdown.forward
 
 
 def count_module_parameters(model) -> int:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sparseehr.demo:main", "the main job: synth -> prepare -> train -> export -> zero-shot eval"),
     "ablate": ("sparseehr.ablate:main", "dense-prefix ablation (the paper's Tables 3-4)"),
     "curve": ("sparseehr.curve:main", "learning curve: next-visit recall of each checkpoint beside both baselines"),
+    "scaling": ("sparseehr.scaling.cli:main", "scaling laws: IsoFLOP sweep plan, run, fit"),
 }
 
 BENCHES: dict[str, str] = {

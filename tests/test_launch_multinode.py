@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch_helpers import REPO_ROOT, build_tiny_datadir, free_port, read_jsonl, run_deepspeed, subprocess_env
+from launch_helpers import REPO_ROOT, build_tiny_datadir, read_jsonl, run_deepspeed, subprocess_env
+
+from sparseehr.launch.launcher import free_port
 from sparseehr.data_pipeline import schema
 
 pytestmark = pytest.mark.slow
