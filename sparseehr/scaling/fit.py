@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 
-REQUIRED = {"family": str, "budget_flops": float, "flops": float, "params_active": int, "params_total": int,
-            "tokens": int, "val_loss": float}
-UTILITY = ("recall_at_10", "recall_at_20", "screening_auroc")
+from sparseehr.scaling.table import REQUIRED, UTILITY
+
 MIN_SIZES = 3  # a parabola needs three distinct sizes
 
 

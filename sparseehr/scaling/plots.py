@@ -99,7 +99,7 @@ def _utility(ax, fam: dict[str, Any]) -> bool:
 
 
 def _utility_vs_loss(ax, runs: list[dict]) -> None:
-    from sparseehr.scaling.fit import UTILITY
+    from sparseehr.scaling.table import UTILITY
 
     drawn = False
     for i, metric in enumerate(UTILITY):
