@@ -79,3 +79,34 @@ def keep_first(keys: np.ndarray, key_max: int) -> np.ndarray:
     mask = np.zeros(n, bool)
     mask[ordered[starts] & ((np.int64(1) << position_bits) - 1)] = True
     return mask
+
+
+def sort_indices_nulls_first(table, keys: list[tuple[str, str]]):
+    """pc.sort_indices with nulls (e.g. MEDS static rows' null time) first, on every pyarrow setup.cfg admits.
+
+    pyarrow 25 deprecates the table-wide `null_placement` in favour of a third item per sort key, which releases
+    before about 18 reject; the MEDS order (subject, then time with static rows first) needs one or the other.
+
+    >>> import pyarrow as pa
+    >>> sort_indices_nulls_first(pa.table({"s": [2, 1, 1], "t": [None, 5, None]}), [("s", "ascending"),
+    ...                                                                            ("t", "ascending")]).to_pylist()
+    [2, 1, 0]
+    """
+    import pyarrow.compute as pc
+
+    if _PER_KEY_NULL_PLACEMENT:
+        return pc.sort_indices(table, sort_keys=[(name, order, "at_start") for name, order in keys])
+    return pc.sort_indices(table, sort_keys=keys, null_placement="at_start")
+
+
+def _per_key_null_placement() -> bool:
+    import pyarrow.compute as pc
+
+    try:
+        pc.SortOptions(sort_keys=[("k", "ascending", "at_start")])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_PER_KEY_NULL_PLACEMENT = _per_key_null_placement()

@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from sparseehr.data_pipeline.arrays import sort_indices_nulls_first
+
 MEDS_COLUMNS = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
                           ("numeric_value", pa.float32()), ("hadm_id", pa.int64())])
 SCAN_COLUMNS = ("subject_id", "time", "code", "hadm_id")   # what `prepare` reads of a MEDS shard
@@ -178,8 +180,7 @@ def build_meds_stress(work: Path, subjects: int, rows: int, shards: int, simulat
                         adm_hadm[stays], adm_start[stays], adm_end[stays], inpatient[stays], rng, codes, code_p)
         table = pa.concat_tables([core.slice(core_bounds[shard], core_bounds[shard + 1] - core_bounds[shard]), labs])
         # MEDS order: subject, then time (static rows first); stable, so recorded order survives among ties
-        table = table.take(pc.sort_indices(table, sort_keys=[("subject_id", "ascending"),
-                                                             ("time", "ascending", "at_start")]))
+        table = table.take(sort_indices_nulls_first(table, [("subject_id", "ascending"), ("time", "ascending")]))
         pq.write_table(table, tmp / "data" / f"{shard:02d}.parquet")
         written += table.num_rows
         log(f"  shard {shard + 1}/{shards}: {table.num_rows:,} rows", flush=True)

@@ -14,6 +14,7 @@ import pytest
 from test_data_meds import MEDS_SCHEMA, demo_to_meds
 
 from sparseehr.data_pipeline import datadir
+from sparseehr.data_pipeline.arrays import sort_indices_nulls_first
 from sparseehr.data_pipeline.cli import main
 from sparseehr.data_pipeline.readers import meds as meds_reader
 from sparseehr.data_pipeline.schema import SPLITS
@@ -38,7 +39,7 @@ def demo_rows(tmp_path_factory, mimic_demo_hosp) -> pa.Table:
     """The demo in MIMIC-MEDS form (sorted by subject, time) without any row the pipeline skips."""
     root = demo_to_meds(mimic_demo_hosp, tmp_path_factory.mktemp("demo") / "meds")
     table = pa.concat_tables([pq.read_table(p) for p in sorted((root / "data").rglob("*.parquet"))])
-    order = pc.sort_indices(table, [("subject_id", "ascending"), ("time", "ascending", "at_start")])
+    order = sort_indices_nulls_first(table, [("subject_id", "ascending"), ("time", "ascending")])
     table = table.take(order)
     event = pc.or_(pc.starts_with(table["code"], "LAB//"), pc.equal(table["code"], "MEDS_DEATH"))
     return table.filter(pc.invert(event))
@@ -62,7 +63,7 @@ def _with_events(table: pa.Table, rng: np.random.Generator) -> tuple[pa.Table, d
                        "hadm_id": pc.if_else(pa.array(rng.random(len(pick)) < 0.5), hadm, pa.nulls(len(pick), pa.int64()))},
                       schema=MEDS_SCHEMA)
     both = pa.concat_tables([table, events])
-    both = both.take(pc.sort_indices(both, [("subject_id", "ascending"), ("time", "ascending", "at_start")]))
+    both = both.take(sort_indices_nulls_first(both, [("subject_id", "ascending"), ("time", "ascending")]))
     return both, {"LAB": n_lab, "INFUSION_START": n_infusion}
 
 
