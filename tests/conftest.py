@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPARSEEHR_SHARED", REPO_ROOT.parent / "shared"))
 MIMIC_DEMO_HOSP = SHARED / "data" / "mimic-iv-demo-2.2" / "hosp"
 ICD_GEMS = SHARED / "data" / "icd-gems"
+DEMO_TABLES = ("patients", "admissions", "diagnoses_icd", "procedures_icd", "hcpcsevents")
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +33,16 @@ def mimic_demo_hosp() -> Path:
     if not MIMIC_DEMO_HOSP.is_dir():
         pytest.fail(f"the real MIMIC-IV demo is expected at {MIMIC_DEMO_HOSP} (set SPARSEEHR_SHARED)")
     return MIMIC_DEMO_HOSP
+
+
+@pytest.fixture
+def hosp(tmp_path, mimic_demo_hosp) -> Path:
+    """A private copy of the demo's five tables, to be broken one way per test."""
+    folder = tmp_path / "hosp"
+    folder.mkdir()
+    for name in DEMO_TABLES:
+        shutil.copy(mimic_demo_hosp / f"{name}.csv.gz", folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -15,17 +14,6 @@ import pytest
 
 from sparseehr.data_pipeline.cli import main
 
-TABLES = ("patients", "admissions", "diagnoses_icd", "procedures_icd", "hcpcsevents")
-
-
-@pytest.fixture
-def hosp(tmp_path, mimic_demo_hosp):
-    """A private copy of the demo's five tables, to be broken one way per test."""
-    folder = tmp_path / "hosp"
-    folder.mkdir()
-    for name in TABLES:
-        shutil.copy(mimic_demo_hosp / f"{name}.csv.gz", folder)
-    return folder
 
 
 def _rewrite(folder, name, edit):

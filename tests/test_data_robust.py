@@ -21,17 +21,7 @@ from sparseehr.data_pipeline import datadir
 from sparseehr.data_pipeline.artifacts import (DATA_DIR, MEDS_INPUT, MIMIC_INPUT, artifact_kind)
 from sparseehr.data_pipeline.cli import main
 
-TABLES = ("patients", "admissions", "diagnoses_icd", "procedures_icd", "hcpcsevents")
 SMALL = ["--no-progress", "--min-count", "1", "--min-patients", "1"]
-
-
-@pytest.fixture
-def hosp(tmp_path, mimic_demo_hosp):
-    folder = tmp_path / "hosp"
-    folder.mkdir()
-    for name in TABLES:
-        shutil.copy(mimic_demo_hosp / f"{name}.csv.gz", folder)
-    return folder
 
 
 def snapshot(folder):

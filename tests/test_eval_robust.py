@@ -10,6 +10,7 @@ from sparseehr.data_pipeline.artifacts import EXPORT_INFO_FILE, vocabulary_hash
 from sparseehr.eval.cli import main
 
 from eval_tiny_datadir import build_datadir, build_tokenizer, save_model_dir, train_tiny_model
+from cli_helpers import one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +25,6 @@ def model_dir(data_dir, tmp_path_factory):
 
 def run(*argv) -> int:
     return main([str(a) for a in argv])
-
-
-def one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if not line.startswith("usage:")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, err)
 
 
 def copy_model(model_dir, tmp_path, name="copy"):

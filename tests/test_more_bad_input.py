@@ -12,14 +12,7 @@ from launch_helpers import REPO_ROOT, build_tiny_datadir, subprocess_env
 from sparseehr.data_pipeline.artifacts import MEDS_INPUT, MIMIC_INPUT, artifact_kind
 
 from eval_tiny_datadir import build_datadir, save_model_dir, train_tiny_model
-
-
-def one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err.strip()
-    lines = [line for line in err.splitlines() if not line.startswith("usage:")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, err)
+from cli_helpers import one_line_error
 
 
 def snapshot(folder):
