@@ -92,10 +92,15 @@ def _utility(ax, fam: dict[str, Any]) -> bool:
         ax.set_ylabel("utility (best-loss run per budget)")
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no utility metric in the runs table", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
+        _no_utility_panel(ax)
     ax.set_title("clinical utility vs compute")
     return drawn
+
+
+def _no_utility_panel(ax) -> None:
+    """What a utility panel shows when the runs table has no utility column (a loss-only sweep)."""
+    ax.text(0.5, 0.5, "no utility metric in the runs table", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
 
 
 def _utility_vs_loss(ax, runs: list[dict]) -> None:
@@ -112,8 +117,7 @@ def _utility_vs_loss(ax, runs: list[dict]) -> None:
         ax.set_ylabel("utility")
         ax.legend(fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no utility metric in the runs table", ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
+        _no_utility_panel(ax)
     ax.set_title("clinical utility vs loss")
 
 
