@@ -62,6 +62,11 @@ class SparseEHRConfig(PretrainedConfig):
         max_position_embeddings (`int`, defaults to 512): longest sequence the model is meant for.
         rms_norm_eps (`float`, defaults to 1e-6): RMSNorm epsilon.
         initializer_range (`float`, defaults to 0.02): std of the normal initialisation.
+        embedding_init_std (`float`, *optional*): std of the token embedding's initialisation; `None` uses
+            `initializer_range`. A large value (1.0, with `logit_scale` = hidden_size ** -0.5 when tied, as T5
+            does) keeps every code's embedding distinct and of full norm, so in-context copying of a code that is
+            rare in training is as easy as of a common one (docs/model.md, "Embedding scale and copying").
+        logit_scale (`float`, defaults to 1.0): multiplies the output logits (Cohere's `logit_scale`).
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities in training.
         tie_word_embeddings (`bool`, defaults to `True`): share the input embedding and the output projection.
         use_cache (`bool`, defaults to `True`): return a KV cache by default.
@@ -105,6 +110,8 @@ class SparseEHRConfig(PretrainedConfig):
         max_position_embeddings: int = 512,
         rms_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
+        embedding_init_std: float | None = None,
+        logit_scale: float = 1.0,
         attention_dropout: float = 0.0,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
@@ -142,6 +149,8 @@ class SparseEHRConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
+        self.embedding_init_std = embedding_init_std
+        self.logit_scale = logit_scale
         self.attention_dropout = attention_dropout
         self.use_cache = use_cache
         self.output_router_logits = output_router_logits
@@ -191,6 +200,10 @@ class SparseEHRConfig(PretrainedConfig):
             fail(f"router_noise_policy must be one of {ROUTER_NOISE_POLICIES}, got {self.router_noise_policy!r}")
         if self.rms_norm_eps <= 0 or self.initializer_range <= 0 or self.rope_theta <= 0:
             fail("rms_norm_eps, initializer_range and rope_theta must be positive")
+        if self.embedding_init_std is not None and not self.embedding_init_std > 0:
+            fail(f"embedding_init_std must be positive or None, got {self.embedding_init_std}")
+        if not self.logit_scale > 0:
+            fail(f"logit_scale must be positive, got {self.logit_scale}")
         if not 0.0 <= self.attention_dropout < 1.0:
             fail(f"attention_dropout must lie in [0, 1), got {self.attention_dropout}")
         if self.num_moe_layers == 0:

@@ -292,6 +292,9 @@ class SparseEHRPreTrainedModel(PreTrainedModel):
         # It is applied per module, so each deep-copied expert gets its own independent draw (bite 2), and the
         # DeepSpeed router (`gate.wg`, an nn.Linear) and PR-MoE coefficient are covered too.
         super()._init_weights(module)
+        std = self.config.embedding_init_std
+        if std is not None and isinstance(module, nn.Embedding):  # embed_tokens, the model's only embedding
+            module.weight.normal_(mean=0.0, std=std)
 
 
 def _build_attention_mask(attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
@@ -463,6 +466,8 @@ class SparseEHRForCausalLM(SparseEHRPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
+        if self.config.logit_scale != 1.0:
+            logits = logits * self.config.logit_scale
 
         loss = lm_loss = None
         if labels is not None:

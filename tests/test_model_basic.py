@@ -70,10 +70,33 @@ def test_loss_matches_hand_computed_cross_entropy():
     (dict(router_noise_policy="RSample", num_experts_per_tok=2), "RSample"),
     (dict(shared_expert_gate=True, shared_expert_intermediate_size=0), "shared_expert_gate"),
     (dict(eval_capacity_factor=0.0), "eval_capacity_factor"),
+    (dict(embedding_init_std=0.0), "embedding_init_std"),
+    (dict(logit_scale=-1.0), "logit_scale"),
 ])
 def test_config_rejects_impossible_combinations(bad, message):
     with pytest.raises(ValueError, match=message):
         get_preset("tiny", **bad)
+
+
+def test_embedding_init_std_and_logit_scale():
+    torch.manual_seed(0)
+    default = SparseEHRForCausalLM(get_preset("tiny"))
+    torch.manual_seed(0)
+    wide = SparseEHRForCausalLM(get_preset("tiny", embedding_init_std=1.0, logit_scale=0.25))
+    # 99 x 32 draws: the sample std is within a few percent of the requested one; the tied head shares it.
+    assert abs(wide.model.embed_tokens.weight.std().item() - 1.0) < 0.05
+    assert abs(default.model.embed_tokens.weight.std().item() - 0.02) < 0.002
+    assert wide.lm_head.weight is wide.model.embed_tokens.weight
+    # Other matrices keep initializer_range.
+    q = wide.model.layers[0].self_attn.q_proj.weight
+    assert abs(q.std().item() - 0.02) < 0.003
+    # logit_scale multiplies the logits: same weights, scale 0.25 vs 1.0.
+    unscaled = SparseEHRForCausalLM(get_preset("tiny", embedding_init_std=1.0))
+    unscaled.load_state_dict(wide.state_dict())
+    ids = torch.tensor([[1, 5, 7, 9, 11]])
+    unscaled.eval(), wide.eval()
+    with torch.no_grad():
+        assert torch.allclose(wide(input_ids=ids).logits, 0.25 * unscaled(input_ids=ids).logits, atol=1e-5)
 
 
 def test_presets_and_unknown_names():
