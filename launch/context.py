@@ -16,7 +16,8 @@ from sparseehr.data_pipeline import schema
 from sparseehr.launch import rundir
 from sparseehr.launch.checkpoint import CheckpointManager, RNGState, TrainState
 from sparseehr.launch.config import ConfigError, TrainConfig
-from sparseehr.launch.data import PackedTrainLoader, load_data_tokenizer, load_windows_split, window_lengths
+from sparseehr.launch.data import (PackedTrainLoader, load_data_tokenizer, load_windows_split, log_unigram_prior,
+                                   window_lengths)
 from sparseehr.launch.ds_config import build_ds_config, load_ds_config
 from sparseehr.launch.engine import (build_model, complete_tied_weights, expert_parallel_rank, init_distributed,
                                      initialize_engine)
@@ -159,6 +160,11 @@ def prepare_run(cfg: TrainConfig, eval_only: bool = False) -> RunContext:
     if cfg.init_from and resume_tag is None:
         init_weights = complete_tied_weights(load_init_weights(cfg.init_from), model_config)
     model = build_model(model_config, ep_size, ep_rank, init_weights, cfg.seed)
+    if init_weights is None and resume_tag is None and model.lm_head.bias is not None:
+        # Data-dependent initialisation (the prior of a classifier's bias): the output bias starts at the training
+        # split's log token frequencies; docs/model.md says why this matters for copying rare codes.
+        with torch.no_grad():
+            model.lm_head.bias.copy_(log_unigram_prior(train_ds, model_config.vocab_size))
     engine = initialize_engine(model, cfg, ds_config, total_steps)
     # Training randomness (DeepSpeed's random token selection, router noise) starts from a per-rank stream that
     # does not depend on how much initialisation consumed, so runs at different ep sizes draw the same numbers.

@@ -44,6 +44,22 @@ def window_lengths(dataset) -> np.ndarray:
     return np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def log_unigram_prior(dataset, vocab_size: int) -> torch.Tensor:
+    """log P(token) over the tokens the loss predicts (every window's tokens after its first), add-one smoothed:
+    the starting value of an output bias (SparseEHRConfig.lm_head_bias)."""
+    if getattr(dataset, "_indices", None) is not None:
+        dataset = dataset.flatten_indices()
+    column = dataset.data.column(schema.COL_INPUT_IDS).combine_chunks()
+    offsets = column.offsets.to_numpy()
+    ids = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
+    predicted = np.ones(len(ids), dtype=bool)
+    predicted[offsets[:-1][offsets[:-1] < len(ids)]] = False     # a window's first token is never a target
+    if len(ids) and int(ids.max()) >= vocab_size:
+        raise ValueError(f"token id {int(ids.max())} is outside the model's vocabulary of {vocab_size}")
+    counts = np.bincount(ids[predicted], minlength=vocab_size).astype(np.float64) + 1.0
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
+
+
 def pack_next_fit(lengths: np.ndarray, order: np.ndarray, seq_len: int) -> list[list[int]]:
     """Group window indices (in `order`) into rows of at most seq_len tokens, never splitting a window.
 

@@ -65,7 +65,8 @@ def count_parameters(config: SparseEHRConfig) -> ParamCounts:
     layers, moe_layers = config.num_hidden_layers, config.num_moe_layers
     dense_layers = layers - moe_layers
     embedding = config.vocab_size * hidden
-    output_projection = 0 if config.tie_word_embeddings else config.vocab_size * hidden
+    output_projection = (0 if config.tie_word_embeddings else config.vocab_size * hidden) + (
+        config.vocab_size if getattr(config, "lm_head_bias", False) else 0)   # the output bias, one per token
     attention = layers * attention_params(config)
     norms = layers * 2 * hidden + hidden
     dense_mlp = dense_layers * swiglu_params(hidden, config.intermediate_size)

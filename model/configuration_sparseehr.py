@@ -67,6 +67,10 @@ class SparseEHRConfig(PretrainedConfig):
             does) keeps every code's embedding distinct and of full norm, so in-context copying of a code that is
             rare in training is as easy as of a common one (docs/model.md, "Embedding scale and copying").
         logit_scale (`float`, defaults to 1.0): multiplies the output logits (Cohere's `logit_scale`).
+        lm_head_bias (`bool`, defaults to `False`): give the output projection a per-token bias. `sparseehr
+            train` starts it at the training split's log token frequencies, so the unigram prior (a spread of
+            ~10 nats between common and rare codes) is there from step 0 instead of being pushed into the tied
+            embeddings, which collapses every rare code's embedding onto one direction (docs/model.md).
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities in training.
         tie_word_embeddings (`bool`, defaults to `True`): share the input embedding and the output projection.
         use_cache (`bool`, defaults to `True`): return a KV cache by default.
@@ -112,6 +116,7 @@ class SparseEHRConfig(PretrainedConfig):
         initializer_range: float = 0.02,
         embedding_init_std: float | None = None,
         logit_scale: float = 1.0,
+        lm_head_bias: bool = False,
         attention_dropout: float = 0.0,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
@@ -151,6 +156,7 @@ class SparseEHRConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.embedding_init_std = embedding_init_std
         self.logit_scale = logit_scale
+        self.lm_head_bias = lm_head_bias
         self.attention_dropout = attention_dropout
         self.use_cache = use_cache
         self.output_router_logits = output_router_logits

@@ -422,7 +422,7 @@ class SparseEHRForCausalLM(SparseEHRPreTrainedModel, GenerationMixin):
     def __init__(self, config: SparseEHRConfig) -> None:
         super().__init__(config)
         self.model = SparseEHRModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.lm_head_bias)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

@@ -38,11 +38,14 @@ def tiny(**overrides: Any) -> SparseEHRConfig:
 
 
 def small(**overrides: Any) -> SparseEHRConfig:
-    """The CPU demo: trains to a useful next-visit model in a few CPU minutes (~1.2M non-embedding params)."""
+    """The CPU demo: trains to a useful next-visit model in a few CPU minutes (~1.2M non-embedding params).
+
+    With an output bias (started at the training data's log token frequencies by `sparseehr train`): measured
+    on the claims corpus it lowers validation loss and raises the copy probe at equal tokens (docs/model.md)."""
     return _build(dict(vocab_size=4096, hidden_size=128, num_hidden_layers=4, first_k_dense_replace=2,
                        num_attention_heads=4, num_key_value_heads=2, intermediate_size=384,
                        moe_intermediate_size=192, shared_expert_intermediate_size=192, num_experts=4,
-                       num_experts_per_tok=1, max_position_embeddings=512), overrides)
+                       num_experts_per_tok=1, max_position_embeddings=512, lm_head_bias=True), overrides)
 
 
 def base(**overrides: Any) -> SparseEHRConfig:

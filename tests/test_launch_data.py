@@ -113,3 +113,17 @@ def test_prune_keeps_last_n_and_latest(tmp_path):
     # A resume from global_step9 removes the newer, never committed global_step12.
     assert ckpt.drop_uncommitted_tags(tmp_path, "global_step9") == ["global_step12"]
     assert rundir.list_tags(tmp_path) == ["global_step9"]
+
+
+def test_log_unigram_prior_counts_only_predicted_tokens():
+    from datasets import Dataset
+
+    from sparseehr.launch.data import log_unigram_prior
+
+    windows = Dataset.from_dict({schema.COL_INPUT_IDS: [[1, 2, 2], [3, 2], [4]]})
+    prior = log_unigram_prior(windows, vocab_size=5)
+    # Targets are 2, 2 and 2 (each window's first token predicts nothing); add-one: [1, 1, 4, 1, 1] / 8.
+    expected = torch.log(torch.tensor([1, 1, 4, 1, 1], dtype=torch.float32) / 8)
+    assert torch.allclose(prior, expected)
+    with pytest.raises(ValueError, match="outside the model's vocabulary of 3"):
+        log_unigram_prior(windows, vocab_size=3)
