@@ -11,6 +11,7 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from sparseehr.data_pipeline.vocab import (
 )
 
 SPLIT_COLUMN = "split"  # MEDS subject_splits column (source format, not our schema)
+PARTITION_THREADS = 2   # partitions harmonized at once (memory: this many partitions in flight)
 
 
 @dataclass
@@ -115,17 +117,20 @@ class _SourceSplits:
             self.index = np.array([SPLITS.index(n) for n in names], np.int8)
         self.from_source = self.patients = 0
 
-    def __call__(self, subject_ids: np.ndarray) -> np.ndarray:
+    def __call__(self, subject_ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """(split index per subject, how many of them the source's split decided)."""
         split = assign_splits(subject_ids, self.config.split_ratios, self.config.split_salt)
-        self.patients += len(subject_ids)
         if self.known is None:
-            return split
+            return split, 0
         position = pc.index_in(pa.array(subject_ids), value_set=self.known[SUBJECT_ID])
         position = pc.fill_null(position, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         has = position >= 0
         split[has] = self.index[position[has]]
-        self.from_source += int(has.sum())
-        return split
+        return split, int(has.sum())
+
+    def count(self, from_source: int, patients: int) -> None:
+        self.from_source += from_source
+        self.patients += patients
 
     @property
     def source(self) -> str:
@@ -150,6 +155,39 @@ def _visit_summary(staging: pa.Table, max_len: int) -> dict[str, int]:
     visit_len[visit_offsets[1:][visits_per_patient > 0] - 1] += 1       # the last visit carries <eor>
     oversize = visit_len > (max_len - np.repeat(prefix_len, visits_per_patient))
     return {"patients": staging.num_rows, "visits": n_visits, "oversize_visits_split": int(oversize.sum())}
+
+
+def _first_pass(records: RawRecords, p: int, config: PrepareConfig, policy_cache: dict, splits: _SourceSplits,
+                staging_path: Path) -> dict:
+    """Harmonize and build the timelines of partition p; write its staging table (token strings) to
+    `staging_path` and return what the later steps need: counts, split, vocabulary and diagnosis counts."""
+    clock = time.perf_counter()
+    events, visits = records.partitions.load(p)
+    records.partitions.remove(p)
+    harmonized = harmonize(events, config.harmonization, policy_cache)
+    del events
+    seconds = {"harmonize": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    timelines = build_timelines(harmonized, visits)
+    counts, dropped = dict(harmonized.counts), dict(harmonized.dropped)
+    _add(counts, timelines.counts)
+    del harmonized, visits
+    staging = timelines.table
+    split, from_source = splits(staging[SUBJECT_ID].to_numpy())
+    region, codes = training_counts(timelines.event_patient, timelines.event_token, timelines.token_strings,
+                                    timelines.region_tokens, split == 0)
+    del timelines
+    train_dx = staging.filter(pa.array(split == 0))[COL_VISIT_DX_CODES].combine_chunks().flatten().flatten()
+    dx_values = pc.value_counts(train_dx)
+    _write_stream(staging, staging_path)
+    result = {"counts": counts, "dropped": dropped, "summary": _visit_summary(staging, config.max_len),
+              "split": split, "split_from_source": from_source, "region": region, "codes": codes,
+              "dx": pa.table({"code": dx_values.field("values"), "count": dx_values.field("counts")})}
+    del staging
+    pa.default_memory_pool().release_unused()
+    seconds["timelines"] = time.perf_counter() - clock
+    result["seconds"] = seconds
+    return result
 
 
 def _write_stream(table: pa.Table, path: Path) -> None:
@@ -236,35 +274,26 @@ def prepare(config: PrepareConfig) -> dict:
         splits, policy_cache = _SourceSplits(records, config), {}
         counts, dropped, summary = {}, dict(records.dropped), {}
         region_counts, code_token_counts, dx_counts, partition_splits, staging_paths = [], [], [], [], []
-        for p in range(len(records.partitions)):
-            steps.set_postfix_str(f"harmonize {p + 1}/{len(records.partitions)}")
-            events, visits = records.partitions.load(p)
-            records.partitions.remove(p)
-            harmonized = harmonize(events, config.harmonization, policy_cache)
-            del events
-            step_done("harmonize", advance=False)
-            steps.set_postfix_str(f"timelines {p + 1}/{len(records.partitions)}")
-            timelines = build_timelines(harmonized, visits)
-            _add(counts, harmonized.counts)
-            _add(counts, timelines.counts)
-            _add(dropped, harmonized.dropped)
-            del harmonized, visits
-            staging = timelines.table
-            split = splits(staging[SUBJECT_ID].to_numpy())
-            region, codes = training_counts(timelines.event_patient, timelines.event_token, timelines.token_strings,
-                                            timelines.region_tokens, split == 0)
-            region_counts.append(region)
-            code_token_counts.append(codes)
-            del timelines
-            train_dx = staging.filter(pa.array(split == 0))[COL_VISIT_DX_CODES].combine_chunks().flatten().flatten()
-            dx_values = pc.value_counts(train_dx)
-            dx_counts.append(pa.table({"code": dx_values.field("values"), "count": dx_values.field("counts")}))
-            _add(summary, _visit_summary(staging, config.max_len))
-            staging_paths.append(work / f"staging-{p:05d}.arrow")
-            _write_stream(staging, staging_paths[-1])
-            partition_splits.append(split)
-            del staging
-            step_done("timelines", advance=False)
+        steps.set_postfix_str(f"harmonize + timelines, {len(records.partitions)} partitions")
+
+        def first_pass(p: int) -> dict:
+            return _first_pass(records, p, config, policy_cache, splits, work / f"staging-{p:05d}.arrow")
+
+        # two partitions at a time: their numpy sorts and arrow kernels release the GIL
+        with ThreadPoolExecutor(PARTITION_THREADS) as pool:
+            for p, result in enumerate(pool.map(first_pass, range(len(records.partitions)))):
+                _add(counts, result["counts"])
+                _add(dropped, result["dropped"])
+                _add(summary, result["summary"])
+                for name in ("harmonize", "timelines"):
+                    timings[name] = round(timings.get(name, 0.0) + result["seconds"][name], 3)
+                splits.count(result["split_from_source"], len(result["split"]))
+                region_counts.append(result["region"])
+                code_token_counts.append(result["codes"])
+                dx_counts.append(result["dx"])
+                partition_splits.append(result["split"])
+                staging_paths.append(work / f"staging-{p:05d}.arrow")
+        step_done("partitions", advance=False)
         counts["dx_icd9_share"] = counts.get("dx_icd9_rows", 0) / max(1, counts.get(f"{KIND_DX}_rows_read", 0))
         steps.update(2)
 
