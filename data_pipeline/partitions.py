@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from sparseehr.data_pipeline import arrays
-from sparseehr.data_pipeline.readers.common import EVENTS_SCHEMA, VISITS_SCHEMA
 from sparseehr.data_pipeline.schema import SUBJECT_ID
 
 DEFAULT_PATIENTS_PER_PARTITION = 20_000
@@ -50,14 +49,15 @@ class PartitionPlan:
 
 class PartitionSpill:
     """Per-partition IPC stream files of events and visits, written batch by batch and read back one partition
-    at a time. Files are named by partition, so a partition is read with one sequential read."""
+    at a time. Files are named by partition, so a partition is read with one sequential read. The readers pass
+    their events and visits schemas (this module sits below the readers)."""
 
-    def __init__(self, folder: Path, plan: PartitionPlan) -> None:
+    def __init__(self, folder: Path, plan: PartitionPlan, events_schema: pa.Schema, visits_schema: pa.Schema) -> None:
         self.folder, self.plan = folder, plan
         folder.mkdir(parents=True, exist_ok=True)
         self._writers: dict[tuple[str, int], pa.RecordBatchStreamWriter] = {}
         self._sinks: list = []
-        for kind, schema in (("events", EVENTS_SCHEMA), ("visits", VISITS_SCHEMA)):
+        for kind, schema in (("events", events_schema), ("visits", visits_schema)):
             for p in range(len(plan)):
                 sink = pa.OSFile(str(self._path(kind, p)), "wb")
                 self._sinks.append(sink)

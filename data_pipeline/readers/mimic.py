@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparseehr.data_pipeline.errors import PrepareError
+from sparseehr.data_pipeline.partitions import PartitionPlan, PartitionSpill
 from sparseehr.data_pipeline.readers.common import (
-    TIME_TYPE, VISITS_SCHEMA, RawRecords, csv_line, find_table_file, first_false, iter_table, make_events,
-    read_table, years_to_timestamps,
+    EVENTS_SCHEMA, TIME_TYPE, VISITS_SCHEMA, RawRecords, csv_line, find_table_file, first_false, iter_table,
+    make_events, read_table, years_to_timestamps,
 )
 from sparseehr.data_pipeline.schema import (
     KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX, SUBJECT_ID, SYSTEM_BIRTH, SYSTEM_CPT, SYSTEM_ICD9, SYSTEM_ICD10,
@@ -137,7 +138,6 @@ def read_mimic(hosp_dir: str | Path, work: Path, patients_per_partition: int) ->
 
     patients and admissions are read whole (one row per patient / stay: the visit lookup needs them all); the
     event tables are streamed block by block into the partitions, so memory does not grow with them."""
-    from sparseehr.data_pipeline.partitions import PartitionPlan, PartitionSpill
 
     hosp_dir = Path(hosp_dir)
     if not hosp_dir.is_dir():
@@ -179,7 +179,8 @@ def read_mimic(hosp_dir: str | Path, work: Path, patients_per_partition: int) ->
     def visit_lookup(table_path: Path, table: pa.Table, offset: int):
         return _lookup_visits(table_path, table, offset, admission_index, adm_subject, adm_time, patient_ids)
 
-    spill = PartitionSpill(work, PartitionPlan.from_subjects(adm_subject, patients_per_partition))
+    spill = PartitionSpill(work, PartitionPlan.from_subjects(adm_subject, patients_per_partition), EVENTS_SCHEMA,
+                           VISITS_SCHEMA)
     try:
         # Demographics: MIMIC gives age at an anchor year; the birth year is anchor_year - anchor_age and, as in
         # the MIMIC-MEDS ETL, the birth time is January 1st of that year.
