@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -88,8 +87,11 @@ def run_prepare(source: Path, out: Path, num_proc: int, kind: str = "mimic") -> 
     tree RSS."""
     code = ("import json, sys; from sparseehr.data_pipeline.build import PrepareConfig, prepare; "
             "r = prepare(PrepareConfig(out=sys.argv[1], **{sys.argv[4]: sys.argv[2]}, num_proc=int(sys.argv[3]), "
-            "overwrite=True, progress=False)); print(json.dumps({k: r[k] for k in "
-            "('elapsed_s', 'timings_s', 'patients', 'visits', 'events_read')}))")
+            "overwrite=True, progress=False)); "
+            # VmHWM: this process's own high-water mark (ru_maxrss would carry the forked bench's pages over exec)
+            "hwm = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
+            "print(json.dumps(dict({k: r[k] for k in ('elapsed_s', 'timings_s', 'patients', 'visits', "
+            "'events_read')}, vm_hwm=hwm)))")
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", code, str(out), str(source), str(num_proc), kind],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_median = statistics.median(p["elapsed_s"] for p in prepares)
         peak = max(p["peak_tree_pss"] for p in prepares)
         peak_rss = max(p["peak_tree_rss"] for p in prepares)
-        max_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        max_child = max(p["vm_hwm"] for p in prepares)
         figures = {
             "rows": rows, "patients": prepares[0]["patients"], "visits": prepares[0]["visits"],
             "plain_read_s_median": round(read_median, 3), "prepare_s_median": round(prepare_median, 3),

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,15 +24,20 @@ from sparseehr.data_pipeline.errors import PrepareError
 from sparseehr.data_pipeline.harmonize import HarmonizationSettings, harmonize, settings_record
 from sparseehr.data_pipeline.readers.common import RawRecords
 from sparseehr.data_pipeline.schema import (
-    CODE_COUNTS_FILE, COL_PREFIX_TOKENS, COL_VISIT_DX_CODES, COL_VISIT_TOKENS, DATA_PATIENTS_DIR,
-    DATA_TOKENIZER_DIR, DATA_WINDOWS_DIR, HARMONIZATION_FILE, PREPARE_REPORT_FILE, SPLIT_TRAIN, SPLITS, SUBJECT_ID,
+    CODE_COUNTS_FILE, COL_INPUT_IDS, COL_PREFIX_TOKENS, COL_VISIT_DX_CODES, COL_VISIT_TOKENS, DATA_PATIENTS_DIR,
+    DATA_TOKENIZER_DIR, DATA_WINDOWS_DIR, HARMONIZATION_FILE, KIND_DX, PREPARE_REPORT_FILE, SPLIT_TRAIN, SPLITS,
+    SUBJECT_ID,
 )
+from sparseehr.data_pipeline.partitions import DEFAULT_PATIENTS_PER_PARTITION, read_stream
 from sparseehr.data_pipeline.splits import assign_splits
 from sparseehr.data_pipeline.timelines import build_timelines
 from sparseehr.data_pipeline.tokenization import tokenize_batch, windows_batch
-from sparseehr.data_pipeline.vocab import Vocabulary, VocabSettings, build_vocabulary
+from sparseehr.data_pipeline.vocab import (
+    Vocabulary, VocabSettings, merge_counts, training_counts, vocabulary_from_counts,
+)
 
 SPLIT_COLUMN = "split"  # MEDS subject_splits column (source format, not our schema)
+PARTITION_THREADS = 2   # partitions harmonized at once (memory: this many partitions in flight)
 
 
 @dataclass
@@ -40,9 +47,11 @@ class PrepareConfig:
     Args:
         out: DATA_DIR to create. mimic / meds: exactly one input folder.
         vocab_from: a DATA_DIR (or tokenizer folder) whose vocabulary is reused instead of building one.
-        max_len: longest training window in tokens. num_proc: `datasets.map` worker processes.
+        max_len: longest training window in tokens. num_proc: worker processes tokenizing partitions.
         split_ratios: train / validation / test fractions of the hash split. split_salt: changes the hash split.
-        batch_size: patients per `map` batch. progress: show progress bars.
+        batch_size: patients per tokenize batch. progress: show progress bars.
+        partition_patients: patients (with visits) per partition; memory is bounded by one partition, and the
+            output does not depend on it (see partitions.py).
     """
 
     out: str
@@ -56,6 +65,7 @@ class PrepareConfig:
     split_salt: int = 0
     batch_size: int = 1000
     progress: bool = True
+    partition_patients: int = DEFAULT_PATIENTS_PER_PARTITION
     harmonization: HarmonizationSettings = field(default_factory=HarmonizationSettings)
     vocab: VocabSettings = field(default_factory=VocabSettings)
 
@@ -64,20 +74,20 @@ class PrepareConfig:
             raise ValueError("give exactly one input: mimic or meds")
         if self.max_len < 16:
             raise ValueError(f"max_len must be >= 16 (a prefix and a visit), got {self.max_len}")
-        if self.num_proc < 1 or self.batch_size < 1:
-            raise ValueError("num_proc and batch_size must be >= 1")
+        if self.num_proc < 1 or self.batch_size < 1 or self.partition_patients < 1:
+            raise ValueError("num_proc, batch_size and partition_patients must be >= 1")
         ratios = tuple(float(r) for r in self.split_ratios)
         if len(ratios) != 3 or min(ratios) < 0 or abs(sum(ratios) - 1) > 1e-6 or ratios[0] <= 0:
             raise ValueError(f"split_ratios must be 3 non-negative fractions summing to 1 with train > 0, got {ratios}")
         self.split_ratios = ratios
 
 
-def _read(config: PrepareConfig) -> RawRecords:
+def _read(config: PrepareConfig, work: Path) -> RawRecords:
     if config.mimic is not None:
         from sparseehr.data_pipeline.readers.mimic import read_mimic
-        return read_mimic(config.mimic)
+        return read_mimic(config.mimic, work, config.partition_patients)
     from sparseehr.data_pipeline.readers.meds import read_meds
-    return read_meds(config.meds)
+    return read_meds(config.meds, work, config.partition_patients)
 
 
 def resolve_tokenizer_dir(path: str | Path) -> Path:
@@ -97,130 +107,238 @@ def _percentiles(lengths: np.ndarray) -> dict[str, float]:
             "p99": float(q[5]), "max": int(lengths.max()), "mean": float(lengths.mean())}
 
 
-def _split_index(records: RawRecords, subject_ids: np.ndarray, config: PrepareConfig) -> tuple[np.ndarray, str]:
-    split = assign_splits(subject_ids, config.split_ratios, config.split_salt)
-    if records.splits is None:
-        return split, "hash"
-    known = records.splits
-    position = pc.index_in(pa.array(subject_ids), value_set=known[SUBJECT_ID]).to_numpy(zero_copy_only=False)
-    has = ~np.isnan(position.astype(np.float64))
-    names = known[SPLIT_COLUMN].to_pylist()
-    split[has] = [SPLITS.index(names[int(i)]) for i in position[has]]
-    return split, "meds" if has.all() else "meds+hash"
+class _SourceSplits:
+    """The source's own split of each subject (MEDS subject_splits), looked up per partition; hash otherwise."""
+
+    def __init__(self, records: RawRecords, config: PrepareConfig) -> None:
+        self.config, self.known = config, records.splits
+        if self.known is not None:
+            names = self.known[SPLIT_COLUMN].to_pylist()
+            self.index = np.array([SPLITS.index(n) for n in names], np.int8)
+        self.from_source = self.patients = 0
+
+    def __call__(self, subject_ids: np.ndarray) -> tuple[np.ndarray, int]:
+        """(split index per subject, how many of them the source's split decided)."""
+        split = assign_splits(subject_ids, self.config.split_ratios, self.config.split_salt)
+        if self.known is None:
+            return split, 0
+        position = pc.index_in(pa.array(subject_ids), value_set=self.known[SUBJECT_ID])
+        position = pc.fill_null(position, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        has = position >= 0
+        split[has] = self.index[position[has]]
+        return split, int(has.sum())
+
+    def count(self, from_source: int, patients: int) -> None:
+        self.from_source += from_source
+        self.patients += patients
+
+    @property
+    def source(self) -> str:
+        if self.known is None:
+            return "hash"
+        return "meds" if self.from_source == self.patients else "meds+hash"
 
 
-def _write_stream(table: pa.Table, path: Path, chunk: int) -> None:
+def _add(total: dict, part: dict) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0) + value
+
+
+def _visit_summary(staging: pa.Table, max_len: int) -> dict[str, int]:
+    """Visits of a staging table and those too long to share a window with the prefix (split over windows)."""
+    visits = staging[COL_VISIT_TOKENS].combine_chunks()
+    n_visits = len(visits.flatten())
+    prefix_len = 1 + np.diff(staging[COL_PREFIX_TOKENS].combine_chunks().offsets.to_numpy())
+    visits_per_patient = np.diff(visits.offsets.to_numpy())
+    visit_len = np.diff(visits.flatten().offsets.to_numpy()) + 3       # GAP, VISIT:open, codes, VISIT:close
+    visit_offsets = visits.offsets.to_numpy() - visits.offsets.to_numpy()[0]
+    visit_len[visit_offsets[1:][visits_per_patient > 0] - 1] += 1       # the last visit carries <eor>
+    oversize = visit_len > (max_len - np.repeat(prefix_len, visits_per_patient))
+    return {"patients": staging.num_rows, "visits": n_visits, "oversize_visits_split": int(oversize.sum())}
+
+
+def _first_pass(records: RawRecords, p: int, config: PrepareConfig, policy_cache: dict, splits: _SourceSplits,
+                staging_path: Path) -> dict:
+    """Harmonize and build the timelines of partition p; write its staging table (token strings) to
+    `staging_path` and return what the later steps need: counts, split, vocabulary and diagnosis counts."""
+    clock = time.perf_counter()
+    events, visits = records.partitions.load(p)
+    records.partitions.remove(p)
+    harmonized = harmonize(events, config.harmonization, policy_cache)
+    del events
+    seconds = {"harmonize": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    timelines = build_timelines(harmonized, visits)
+    counts, dropped = dict(harmonized.counts), dict(harmonized.dropped)
+    _add(counts, timelines.counts)
+    del harmonized, visits
+    staging = timelines.table
+    split, from_source = splits(staging[SUBJECT_ID].to_numpy())
+    region, codes = training_counts(timelines.event_patient, timelines.event_token, timelines.token_strings,
+                                    timelines.region_tokens, split == 0)
+    del timelines
+    train_dx = staging.filter(pa.array(split == 0))[COL_VISIT_DX_CODES].combine_chunks().flatten().flatten()
+    dx_values = pc.value_counts(train_dx)
+    _write_stream(staging, staging_path)
+    result = {"counts": counts, "dropped": dropped, "summary": _visit_summary(staging, config.max_len),
+              "split": split, "split_from_source": from_source, "region": region, "codes": codes,
+              "dx": pa.table({"code": dx_values.field("values"), "count": dx_values.field("counts")})}
+    del staging
+    pa.default_memory_pool().release_unused()
+    seconds["timelines"] = time.perf_counter() - clock
+    result["seconds"] = seconds
+    return result
+
+
+def _write_stream(table: pa.Table, path: Path) -> None:
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=chunk)
+        writer.write_table(table)
 
 
-def _map_split(staging: pa.Table, work: Path, name: str, vocab: Vocabulary, config: PrepareConfig):
-    """Tokenize one split with datasets.map (memory-mapped input, so workers share it) and cut windows."""
+def _tokenize_partition(job: tuple) -> np.ndarray:
+    """Tokenize one partition's staging table (tokens as strings) into patients and windows files per split, in
+    batches of `batch_size` patients; returns the token count of each patient."""
+    staging_path, split, vocab, max_len, batch_size, out_prefix = job
+    staging = read_stream(staging_path)
+    lengths = []
+    for index, name in enumerate(SPLITS):
+        part = staging.filter(pa.array(split == index))
+        patients = [tokenize_batch(part.slice(start, batch_size), vocab)
+                    for start in range(0, max(part.num_rows, 1), batch_size)]
+        windows = [windows_batch(batch, max_len) for batch in patients]
+        patients, windows = pa.concat_tables(patients), pa.concat_tables(windows)
+        _write_stream(patients, Path(f"{out_prefix}-patients-{name}.arrow"))
+        _write_stream(windows, Path(f"{out_prefix}-windows-{name}.arrow"))
+        lengths.append(np.diff(patients[COL_INPUT_IDS].combine_chunks().offsets.to_numpy()))
+    return np.concatenate(lengths)
+
+
+def _tokenize(jobs: list[tuple], num_proc: int) -> list[np.ndarray]:
+    """Every partition's tokenization, in partition order; `num_proc` > 1 runs partitions in forked workers
+    (each holds one partition at a time)."""
+    if num_proc <= 1 or len(jobs) <= 1:
+        return [_tokenize_partition(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_tokenize_partition, jobs))
+
+
+def _concatenate(paths: list[Path]):
     import datasets
 
-    staging_path = work / f"staging-{name}.arrow"
-    _write_stream(staging, staging_path, config.batch_size)
-    staged = datasets.Dataset.from_file(str(staging_path))
-    num_proc = min(config.num_proc, max(1, len(staged) // config.batch_size)) if len(staged) else 1
-    common = dict(batched=True, batch_size=config.batch_size, num_proc=num_proc if num_proc > 1 else None)
-    if len(staged) == 0:  # map on an empty dataset cannot learn the output schema: build it directly
-        patients = datasets.Dataset(tokenize_batch(staging, vocab))
-        windows = datasets.Dataset(windows_batch(patients.data.table, config.max_len))
-        return patients, windows
-    patients = staged.with_format("arrow").map(
-        tokenize_batch, fn_kwargs={"vocab": vocab}, remove_columns=staged.column_names,
-        cache_file_name=str(work / f"patients-{name}.arrow"), new_fingerprint=f"patients-{uuid.uuid4().hex[:24]}",
-        desc=f"tokenize {name}", **common).with_format(None)
-    windows = patients.with_format("arrow").map(
-        windows_batch, fn_kwargs={"max_len": config.max_len}, remove_columns=patients.column_names,
-        cache_file_name=str(work / f"windows-{name}.arrow"), new_fingerprint=f"windows-{uuid.uuid4().hex[:24]}",
-        desc=f"windows {name}", **common).with_format(None)
-    return patients, windows
+    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in paths])
+
+
+def _import_datasets() -> None:
+    import datasets  # noqa: F401
 
 
 def prepare(config: PrepareConfig) -> dict:
     """Run the whole pipeline; returns the prepare report (also written to DATA_DIR)."""
-    import datasets
     from tqdm.auto import tqdm
 
     out = check_output_dir(config.out, DATA_DIR, config.overwrite,
                            [("--mimic", config.mimic), ("--meds", config.meds), ("--vocab-from", config.vocab_from)])
     vocab_dir = resolve_tokenizer_dir(config.vocab_from) if config.vocab_from else None
-    if not config.progress:
-        datasets.disable_progress_bars()
     started = time.perf_counter()
+    # `datasets` (with pandas) takes seconds to import and is needed only to write the output: import it in a
+    # thread while the reader, mostly in arrow's GIL-free C++, works through the input
+    importer = threading.Thread(target=_import_datasets, daemon=True)
+    importer.start()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     steps = tqdm(total=7, desc="prepare", disable=not config.progress, unit="step")
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
-    def step_done(name: str) -> None:
+    def step_done(name: str, advance: bool = True) -> None:
         # arrow's allocator keeps freed pages for reuse; hand them back so one step's peak does not stay resident
         pa.default_memory_pool().release_unused()
         now = time.perf_counter()
-        timings[name] = round(now - clock[0], 3)
+        timings[name] = round(timings.get(name, 0.0) + now - clock[0], 3)   # summed over partitions
         clock[0] = now
-        steps.update()
+        if advance:
+            steps.update()
     try:
         tmp.mkdir()
         work = tmp / "_work"
         work.mkdir()
         steps.set_postfix_str("read")
-        records = _read(config)
+        records = _read(config, work / "partitions")
+        events_read = int(sum(records.rows_read.values()))
         step_done("read")
 
-        steps.set_postfix_str("harmonize")
-        harmonized = harmonize(records.events, config.harmonization)
-        events_read = int(sum(records.rows_read.values()))
-        del records.events
-        step_done("harmonize")
+        # ---- per partition: harmonize, timelines, split, training counts; staging (strings) to disk ----
+        splits, policy_cache = _SourceSplits(records, config), {}
+        counts, dropped, summary = {}, dict(records.dropped), {}
+        region_counts, code_token_counts, dx_counts, partition_splits, staging_paths = [], [], [], [], []
+        steps.set_postfix_str(f"harmonize + timelines, {len(records.partitions)} partitions")
 
-        steps.set_postfix_str("timelines")
-        timelines = build_timelines(harmonized, records.visits)
-        harmonized.code_events = harmonized.demographics = None  # free memory before tokenizing
-        staging = timelines.table
-        subject_ids = staging[SUBJECT_ID].to_numpy()
-        split, split_source = _split_index(records, subject_ids, config)
-        step_done("timelines")
+        def first_pass(p: int) -> dict:
+            return _first_pass(records, p, config, policy_cache, splits, work / f"staging-{p:05d}.arrow")
+
+        # two partitions at a time: their numpy sorts and arrow kernels release the GIL
+        with ThreadPoolExecutor(PARTITION_THREADS) as pool:
+            for p, result in enumerate(pool.map(first_pass, range(len(records.partitions)))):
+                _add(counts, result["counts"])
+                _add(dropped, result["dropped"])
+                _add(summary, result["summary"])
+                for name in ("harmonize", "timelines"):
+                    timings[name] = round(timings.get(name, 0.0) + result["seconds"][name], 3)
+                splits.count(result["split_from_source"], len(result["split"]))
+                region_counts.append(result["region"])
+                code_token_counts.append(result["codes"])
+                dx_counts.append(result["dx"])
+                partition_splits.append(result["split"])
+                staging_paths.append(work / f"staging-{p:05d}.arrow")
+        step_done("partitions", advance=False)
+        counts["dx_icd9_share"] = counts.get("dx_icd9_rows", 0) / max(1, counts.get(f"{KIND_DX}_rows_read", 0))
+        steps.update(2)
 
         steps.set_postfix_str("vocabulary")
         if vocab_dir is not None:
             vocab, vocab_stats = Vocabulary.from_tokenizer_dir(vocab_dir), {"reused_from": str(config.vocab_from)}
         else:
-            vocab, vocab_stats = build_vocabulary(timelines.event_patient, timelines.event_token,
-                                                  timelines.token_strings, timelines.region_tokens, split == 0,
-                                                  config.vocab)
-        timeline_counts = timelines.counts
-        del timelines
+            vocab, vocab_stats = vocabulary_from_counts(merge_counts(region_counts), merge_counts(code_token_counts),
+                                                        config.vocab)
         step_done("vocabulary")
 
         steps.set_postfix_str("tokenize")
-        patients, windows = {}, {}
-        for index, name in enumerate(SPLITS):
-            patients[name], windows[name] = _map_split(staging.filter(pa.array(split == index)), work, name,
-                                                       vocab, config)
+        importer.join()
+        import datasets
+
+        if not config.progress:
+            datasets.disable_progress_bars()
+        jobs = [(path, split, vocab, config.max_len, config.batch_size, str(work / f"tokens-{p:05d}"))
+                for p, (path, split) in enumerate(zip(staging_paths, partition_splits))]
+        lengths = np.concatenate(_tokenize(jobs, config.num_proc)) if jobs else np.zeros(0, np.int64)
+        for path in staging_paths:
+            path.unlink()
         step_done("tokenize")
 
         steps.set_postfix_str("save")
-        datasets.DatasetDict(patients).save_to_disk(str(tmp / DATA_PATIENTS_DIR))
-        datasets.DatasetDict(windows).save_to_disk(str(tmp / DATA_WINDOWS_DIR))
+        for kind, folder in (("patients", DATA_PATIENTS_DIR), ("windows", DATA_WINDOWS_DIR)):
+            parts = {name: _concatenate([Path(f"{job[-1]}-{kind}-{name}.arrow") for job in jobs]) for name in SPLITS}
+            datasets.DatasetDict(parts).save_to_disk(str(tmp / folder))
+            if kind == "windows":
+                window_counts = {name: len(d) for name, d in parts.items()}
+            del parts
         vocab.save_tokenizer(tmp / DATA_TOKENIZER_DIR, config.max_len)
         harmonization = settings_record(config.harmonization)
         (tmp / HARMONIZATION_FILE).write_text(json.dumps(harmonization, indent=2, sort_keys=True))
-        train_dx = staging.filter(pa.array(split == 0))[COL_VISIT_DX_CODES].combine_chunks().flatten().flatten()
-        code_counts = {row["values"]: int(row["counts"]) for row in pc.value_counts(train_dx).to_pylist()}
+        code_counts = pa.concat_tables(dx_counts).group_by("code").aggregate([("count", "sum")])
+        code_counts = {c: int(n) for c, n in zip(code_counts["code"].to_pylist(), code_counts["count_sum"].to_pylist())}
         code_counts = dict(sorted(code_counts.items(), key=lambda kv: (-kv[1], kv[0])))
         (tmp / CODE_COUNTS_FILE).write_text(json.dumps(code_counts, indent=1))
-        lengths = np.concatenate([np.diff(p.data.table.column("input_ids").combine_chunks().offsets.to_numpy())
-                                  for p in patients.values()]) if len(staging) else np.zeros(0, np.int64)
-        harmonized.counts.update(timeline_counts)
-        report = _report(config, records, harmonized, staging, split, split_source, vocab, vocab_stats,
-                         harmonization, events_read, lengths, {k: len(v) for k, v in windows.items()})
-        del patients, windows
+        split_all = np.concatenate(partition_splits) if partition_splits else np.zeros(0, np.int8)
+        report = _report(config, records, counts, dropped, summary, split_all, splits.source, vocab, vocab_stats,
+                         harmonization, events_read, lengths, window_counts)
         shutil.rmtree(work)
         report["elapsed_s"] = round(time.perf_counter() - started, 3)
         report["timings_s"] = timings
+        report["partitions"] = len(jobs)
         (tmp / PREPARE_REPORT_FILE).write_text(json.dumps(report, indent=2))
         step_done("save")
 
@@ -240,24 +358,14 @@ def prepare(config: PrepareConfig) -> dict:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _report(config, records, harmonized, staging, split, split_source, vocab, vocab_stats, harmonization,
+def _report(config, records, counts, dropped, summary, split, split_source, vocab, vocab_stats, harmonization,
             events_read, lengths, window_counts) -> dict:
-    counts, dropped = harmonized.counts, dict(records.dropped)
-    for reason, value in harmonized.dropped.items():
-        dropped[reason] = dropped.get(reason, 0) + value
-    visits = staging[COL_VISIT_TOKENS].combine_chunks()
-    n_visits = len(visits.flatten())
-    prefix_len = 1 + np.diff(staging[COL_PREFIX_TOKENS].combine_chunks().offsets.to_numpy())
-    visits_per_patient = np.diff(visits.offsets.to_numpy())
-    visit_len = np.diff(visits.flatten().offsets.to_numpy()) + 3       # GAP, VISIT:open, codes, VISIT:close
-    visit_offsets = visits.offsets.to_numpy() - visits.offsets.to_numpy()[0]
-    visit_len[visit_offsets[1:][visits_per_patient > 0] - 1] += 1       # the last visit carries <eor>
-    oversize = visit_len > (config.max_len - np.repeat(prefix_len, visits_per_patient))
+    n_patients, n_visits = summary.get("patients", 0), summary.get("visits", 0)
     return {
         "source": records.source, "input": records.path,
-        "patients": int(len(staging)), "patients_declared": int(len(records.subjects)),
-        "patients_without_visits": int(len(pc.unique(records.subjects)) - len(staging)),
-        "visits": int(n_visits), "consecutive_visit_pairs": int(n_visits - len(staging)),
+        "patients": int(n_patients), "patients_declared": int(len(records.subjects)),
+        "patients_without_visits": int(len(pc.unique(records.subjects)) - n_patients),
+        "visits": int(n_visits), "consecutive_visit_pairs": int(n_visits - n_patients),
         "events_read": events_read, "rows_read": records.rows_read,
         **({"meds_rows_skipped": records.skipped} if records.source == "meds" else {}),
         "dx_rows": counts.get("dx_rows_read", 0), "dx_icd9_rows": counts.get("dx_icd9_rows", 0),
@@ -274,6 +382,7 @@ def _report(config, records, harmonized, staging, split, split_source, vocab, vo
         "tokens_per_patient": _percentiles(lengths), "tokens_total": int(lengths.sum()),
         "split_patients": {name: int((split == i).sum()) for i, name in enumerate(SPLITS)},
         "split_source": split_source, "split_ratios": list(config.split_ratios),
-        "windows": window_counts, "max_len": config.max_len, "oversize_visits_split": int(oversize.sum()),
+        "windows": window_counts, "max_len": config.max_len,
+        "oversize_visits_split": int(summary.get("oversize_visits_split", 0)),
         "settings_hash": harmonization["settings_hash"], "train_split": SPLIT_TRAIN,
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sparseehr.data_pipeline.artifacts import OutputDirError
 from sparseehr.data_pipeline.errors import PrepareError
+from sparseehr.data_pipeline.partitions import DEFAULT_PATIENTS_PER_PARTITION
 from sparseehr.data_pipeline.schema import HARMONIZATION_FILE
 
 DEFAULT_DX_PREFIX_LEN, DEFAULT_PX_PREFIX_LEN = 3, 3
@@ -24,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab-from", metavar="DIR",
                         help="reuse the vocabulary (and harmonization prefixes) of an existing DATA_DIR")
     parser.add_argument("--max-len", type=int, default=2048, help="tokens per training window (default 2048)")
-    parser.add_argument("--num-proc", type=int, default=1, help="datasets.map worker processes (default 1)")
+    parser.add_argument("--num-proc", type=int, default=1,
+                        help="worker processes tokenizing patient partitions (default 1)")
+    parser.add_argument("--partition-patients", type=int, default=DEFAULT_PATIENTS_PER_PARTITION,
+                        help="patients per partition: memory is bounded by one partition, the output does not "
+                             f"depend on it (default {DEFAULT_PATIENTS_PER_PARTITION:,})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR")
     parser.add_argument("--dx-prefix-len", type=int, default=None,
                         help=f"ICD-10-CM characters kept (default {DEFAULT_DX_PREFIX_LEN}: the category)")
@@ -40,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split-ratios", type=float, nargs=3, default=(0.8, 0.1, 0.1),
                         metavar=("TRAIN", "VALIDATION", "TEST"))
     parser.add_argument("--split-salt", type=int, default=0, help="changes the patient-hash split")
-    parser.add_argument("--batch-size", type=int, default=1000, help="patients per datasets.map batch")
+    parser.add_argument("--batch-size", type=int, default=1000, help="patients per tokenize batch")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -122,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out, mimic=args.mimic, meds=args.meds, vocab_from=args.vocab_from, overwrite=args.overwrite,
             max_len=args.max_len, num_proc=args.num_proc, split_ratios=tuple(args.split_ratios),
             split_salt=args.split_salt, batch_size=args.batch_size, progress=not args.no_progress,
+            partition_patients=args.partition_patients,
             harmonization=HarmonizationSettings(dx_prefix_len=dx_len, px_prefix_len=px_len,
                                                 dx_gem_path=args.dx_gem, px_gem_path=args.px_gem),
             vocab=VocabSettings(min_count=args.min_count, min_patients=args.min_patients))

@@ -160,7 +160,7 @@ def _resolve_key(kind: str, code: str, system: str, settings: HarmonizationSetti
 
 def _harmonize_kind(rows: np.ndarray, code_index: np.ndarray, dictionary: list[str], systems: np.ndarray,
                     kind: str, settings: HarmonizationSettings, token_ids: dict[tuple[str, str], int],
-                    counts: dict, dropped: dict) -> tuple[np.ndarray, np.ndarray]:
+                    counts: dict, dropped: dict, cache: dict) -> tuple[np.ndarray, np.ndarray]:
     """Canonical tokens for the rows of one kind: (source row per output row, token id per output row).
 
     code_index: each row's index into `dictionary` (the normalized distinct codes; -1 = missing). Rows are
@@ -177,8 +177,13 @@ def _harmonize_kind(rows: np.ndarray, code_index: np.ndarray, dictionary: list[s
     elif kind == KIND_PX:
         gem = load_px_gem(settings.px_gem_path)
     categories = icd10cm_categories()[0] if kind == KIND_DX else frozenset()
-    results = [_resolve_key(kind, dictionary[k // n_systems] if k >= 0 else "", CODE_SYSTEMS[k % n_systems]
-                            if k >= 0 else "", settings, gem, categories) for k in unique_keys.tolist()]
+    results = []
+    for k in unique_keys.tolist():
+        code, system = (dictionary[k // n_systems], CODE_SYSTEMS[k % n_systems]) if k >= 0 else ("", "")
+        result = cache.get((kind, code, system))
+        if result is None:
+            result = cache[kind, code, system] = _resolve_key(kind, code, system, settings, gem, categories)
+        results.append(result)
     n_targets = np.array([len(r.targets) for r in results], np.int64)
     flat = [token_ids.setdefault((kind, t), len(token_ids)) for r in results for t in r.targets]
     starts = np.concatenate([[0], np.cumsum(n_targets)[:-1]]).astype(np.int64)
@@ -213,8 +218,12 @@ def _harmonize_kind(rows: np.ndarray, code_index: np.ndarray, dictionary: list[s
     return out_rows, flat_array[np.repeat(starts[inverse], per_row) + within]
 
 
-def harmonize(events: pa.Table, settings: HarmonizationSettings) -> HarmonizedEvents:
-    """Canonical tokens for every code event; demographic rows pass through unchanged."""
+def harmonize(events: pa.Table, settings: HarmonizationSettings, cache: dict | None = None) -> HarmonizedEvents:
+    """Canonical tokens for every code event; demographic rows pass through unchanged.
+
+    cache: the policy's decision per distinct (kind, code, system), kept across calls with the same settings
+    (one call per partition of patients: each distinct code is then decided once, not once per partition)."""
+    cache = {} if cache is None else cache
     kinds = dictionary_codes(events[KIND])
     systems = dictionary_codes(events[SYSTEM])
     counts: dict[str, int] = {}
@@ -236,7 +245,7 @@ def harmonize(events: pa.Table, settings: HarmonizationSettings) -> HarmonizedEv
         if not len(rows):
             continue
         out_rows, out_tokens = _harmonize_kind(rows, code_index[rows], dictionary, systems[rows], kind, settings,
-                                               token_ids, counts, dropped)
+                                               token_ids, counts, dropped, cache)
         all_rows.append(out_rows)
         all_tokens.append(out_tokens)
     rows = np.concatenate(all_rows) if all_rows else np.zeros(0, np.int64)

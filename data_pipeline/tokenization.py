@@ -1,7 +1,8 @@
-"""The `datasets.map` batch functions: staging strings -> token ids (patients) and patients -> windows.
+"""The tokenize batch functions: staging strings -> token ids (patients) and patients -> windows.
 
-Both run under `Dataset.map(batched=True, num_proc=N)` with the arrow format: each call gets a pyarrow Table of
-whole patients and returns one, so all work inside is vectorised over the batch's flat arrays.
+`prepare` calls both per batch of whole patients of one partition (build.py): each call gets a pyarrow Table
+and returns one, so all work inside is vectorised over the batch's flat arrays, and no result depends on which
+other patients share the batch.
 
 Windows policy: a timeline of at most max_len tokens is one window. A longer one is cut on visit boundaries:
 every window starts with the patient's <bos> + demographics prefix and is filled with as many WHOLE visits as fit

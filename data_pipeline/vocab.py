@@ -106,17 +106,18 @@ def build_tokenizer(tokens: list[str]):
     return backend
 
 
-def build_vocabulary(event_patient: np.ndarray, event_token: np.ndarray, token_strings: pa.Array,
-                     region_tokens: pa.Array, train_patient: np.ndarray, settings: VocabSettings
-                     ) -> tuple[Vocabulary, dict[str, int]]:
-    """Structural tokens, then REGION tokens, then code tokens (by training count, descending; ties by name),
-    keeping only tokens above both floors in the TRAINING split.
+TOKEN_NAME, OCCURRENCES, DISTINCT_PATIENTS = "token", "occurrences", "patients"
+
+
+def training_counts(event_patient: np.ndarray, event_token: np.ndarray, token_strings: pa.Array,
+                    region_tokens: pa.Array, train_patient: np.ndarray) -> tuple[pa.Table, pa.Table]:
+    """(REGION counts, code counts) of one set of patients: per token seen in a TRAINING patient, its
+    occurrences and distinct patients. Patients never span partitions, so summing these tables over partitions
+    gives the counts of all patients at once (`merge_counts`).
 
     event_patient / event_token: patient row and token id (row of token_strings) of every code event;
     region_tokens: per patient REGION token or null; train_patient: per patient, whether it is in train.
     """
-    stats = {"candidate_tokens": 0, "below_floor": 0}
-    kept: list[list[str]] = []
     has_region = pc.is_valid(region_tokens).to_numpy(zero_copy_only=False)
     region_patients = np.flatnonzero(train_patient & has_region)
     region_encoded = pc.dictionary_encode(region_tokens.take(pa.array(region_patients)))
@@ -126,17 +127,49 @@ def build_vocabulary(event_patient: np.ndarray, event_token: np.ndarray, token_s
          region_encoded.dictionary),
         (event_patient[in_train], event_token[in_train].astype(np.int64), token_strings),
     )
+    tables = []
     for patients, token_id, names in groups:
         n_tokens = len(names)
         occurrences = np.bincount(token_id, minlength=n_tokens)
         distinct_patients = np.bincount(distinct(patients.astype(np.int64) * n_tokens + token_id) % n_tokens,
                                         minlength=n_tokens) if n_tokens else occurrences
-        ok = (occurrences >= settings.min_count) & (distinct_patients >= settings.min_patients)
-        seen = occurrences > 0
-        stats["candidate_tokens"] += int(seen.sum())
-        stats["below_floor"] += int((seen & ~ok).sum())
-        name_list = names.to_pylist()
+        seen = np.flatnonzero(occurrences > 0)
+        tables.append(pa.table({TOKEN_NAME: names.cast(pa.string()).take(pa.array(seen)),
+                                OCCURRENCES: pa.array(occurrences[seen], pa.int64()),
+                                DISTINCT_PATIENTS: pa.array(distinct_patients[seen], pa.int64())}))
+    return tables[0], tables[1]
+
+
+def merge_counts(tables: list[pa.Table]) -> pa.Table:
+    """Sum per-partition count tables by token."""
+    table = pa.concat_tables(tables)
+    summed = table.group_by(TOKEN_NAME).aggregate([(OCCURRENCES, "sum"), (DISTINCT_PATIENTS, "sum")])
+    # by name: the column order of group_by's output differs between pyarrow releases
+    return pa.table({TOKEN_NAME: summed[TOKEN_NAME], OCCURRENCES: summed[f"{OCCURRENCES}_sum"],
+                     DISTINCT_PATIENTS: summed[f"{DISTINCT_PATIENTS}_sum"]})
+
+
+def vocabulary_from_counts(region_counts: pa.Table, code_counts: pa.Table, settings: VocabSettings
+                           ) -> tuple[Vocabulary, dict[str, int]]:
+    """Structural tokens, then REGION tokens, then code tokens (by training count, descending; ties by name),
+    keeping only tokens above both floors in the TRAINING split."""
+    stats = {"candidate_tokens": 0, "below_floor": 0}
+    kept: list[list[str]] = []
+    for counts in (region_counts, code_counts):
+        occurrences = counts[OCCURRENCES].to_numpy()
+        ok = (occurrences >= settings.min_count) & (counts[DISTINCT_PATIENTS].to_numpy() >= settings.min_patients)
+        stats["candidate_tokens"] += counts.num_rows
+        stats["below_floor"] += int((~ok).sum())
+        name_list = counts[TOKEN_NAME].to_pylist()
         kept.append([name for _, name in sorted((-int(occurrences[i]), name_list[i]) for i in np.flatnonzero(ok))])
     tokens = list(STRUCTURAL_TOKENS) + kept[0] + kept[1]
     stats["vocab_size"] = len(tokens)
     return Vocabulary(tokens), stats
+
+
+def build_vocabulary(event_patient: np.ndarray, event_token: np.ndarray, token_strings: pa.Array,
+                     region_tokens: pa.Array, train_patient: np.ndarray, settings: VocabSettings
+                     ) -> tuple[Vocabulary, dict[str, int]]:
+    """The vocabulary of one set of patients (`training_counts` then `vocabulary_from_counts`)."""
+    region, codes = training_counts(event_patient, event_token, token_strings, region_tokens, train_patient)
+    return vocabulary_from_counts(region, codes, settings)

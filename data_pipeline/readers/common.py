@@ -38,9 +38,10 @@ VISITS_SCHEMA = pa.schema([(SUBJECT_ID, pa.int64()), (VISIT_ID, pa.int64()), (TI
 class RawRecords:
     """What a reader returns.
 
-    events: EVENTS_SCHEMA rows in source order (code events carry their visit's id and start time; demographic
-        rows have a null visit id; the birth row's time is the birth date).
-    visits: one row per (subject_id, visit_id) with the visit start time; visits without any code still count.
+    partitions: a PartitionSpill (partitions.py) holding, per partition of patients, the EVENTS_SCHEMA rows in
+        source order (code events carry their visit's id and start time; demographic rows have a null visit id;
+        the birth row's time is the birth date) and the visits: one row per (subject_id, visit_id) with the
+        visit start time (visits without any code still count).
     subjects: every subject id the source declares (patients table / any MEDS row).
     splits: (subject_id, split) from the source (MEDS subject_splits, mapped to our split names) or None.
     rows_read: rows read per source table or file. dropped: reader-level drops by reason.
@@ -49,8 +50,7 @@ class RawRecords:
 
     source: str
     path: str
-    events: pa.Table
-    visits: pa.Table
+    partitions: "PartitionSpill"  # noqa: F821 (partitions.py imports this module)
     subjects: pa.Array
     splits: pa.Table | None = None
     rows_read: dict[str, int] = field(default_factory=dict)
@@ -296,13 +296,131 @@ def read_parquet_columns(path: Path, columns: dict[str, pa.DataType], not_null: 
     return table
 
 
-def _check_not_null(path: Path, table: pa.Table, not_null: tuple[str, ...], csv_rows: bool) -> None:
+def _check_not_null(path: Path, table: pa.Table, not_null: tuple[str, ...], csv_rows: bool, offset: int = 0) -> None:
     for name in not_null:
         column = table[name]
         if column.null_count:
-            index = int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
+            index = offset + int(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))[0])
             raise PrepareError(path, "empty value where one is required", column=name,
                                row=csv_line(index) if csv_rows else index)
+
+
+STREAM_ROWS = 1 << 20   # parquet rows per streamed batch
+# CSV bytes per streamed block: the streaming reader's resident memory grows with its block (about 20x the
+# block measured here: 16 MiB blocks cost ~300 MiB), while blocks under a few MiB slow the parse down
+STREAM_BLOCK_BYTES = 4 << 20
+
+
+def iter_table(path: Path, columns: dict[str, pa.DataType], not_null: tuple[str, ...] = ()):
+    """`read_table`, streamed: yields (offset of the block's first data row, block table) in file order, so a
+    table of any size is read in bounded memory; errors name file, column and row as `read_table`'s do."""
+    if path.suffix == ".parquet":
+        try:
+            handle = pq.ParquetFile(path)
+            names = handle.schema_arrow.names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise PrepareError(path, f"cannot read parquet ({exc})") from exc
+        for name in columns:
+            if name not in names:
+                raise PrepareError(path, f"required column is missing (file has {names})", column=name)
+        offset = 0
+        try:
+            for batch in handle.iter_batches(batch_size=STREAM_ROWS, columns=list(columns)):
+                try:
+                    table = pa.Table.from_arrays([batch.column(n).cast(t) for n, t in columns.items()],
+                                                 names=list(columns))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    read_parquet_columns(path, columns, not_null)   # raises, naming the row
+                    raise
+                _check_not_null(path, table, not_null, csv_rows=False, offset=offset)
+                yield offset, table
+                offset += table.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise PrepareError(path, f"cannot read parquet ({exc})") from exc
+        return
+    header = _csv_header(path)
+    for name in columns:
+        if name not in header:
+            raise PrepareError(path, f"required column is missing (header has {header})", column=name, row=1)
+    convert = pacsv.ConvertOptions(include_columns=list(columns), column_types=columns,
+                                   strings_can_be_null=True, quoted_strings_can_be_null=True)
+    done = 0
+    try:
+        for batch in _prefetched(_csv_batches(path, convert)):
+            table = pa.Table.from_batches([batch])
+            _check_not_null(path, table, not_null, csv_rows=True, offset=done)
+            yield done, table
+            done += table.num_rows
+    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as exc:
+        _raise_located(path, columns, exc, header)
+
+
+def _csv_batches(path: Path, convert: pacsv.ConvertOptions):
+    """The file's record batches, restarting with a larger block (and skipping the rows already handed out)
+    when a field is longer than the block."""
+    block, done = STREAM_BLOCK_BYTES, 0
+    while True:
+        seen = 0
+        try:
+            for batch in pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
+                                        convert_options=convert):
+                skip = min(max(done - seen, 0), batch.num_rows)
+                seen += batch.num_rows
+                if skip < batch.num_rows:
+                    yield batch.slice(skip)
+                    done += batch.num_rows - skip
+            return
+        except pa.ArrowInvalid as exc:
+            if "straddling" not in str(exc) or block >= CSV_BLOCK_MAX_BYTES:
+                raise
+            block *= 8
+
+
+_END = object()
+
+
+def _prefetched(batches, depth: int = 2):
+    """Iterate `batches` in a background thread, `depth` items ahead: the CSV reader decompresses and parses
+    without the GIL, so the next block is read while the caller processes this one (measured in docs/data.md).
+    The first error is raised here, in the caller's thread."""
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def offer(item) -> bool:
+        """Queue `item` unless the caller has stopped (then drop it): a blocked put would never return."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if not offer(item):
+                    return
+            offer(_END)
+        except BaseException as exc:  # handed to the caller, which raises it
+            offer(exc)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def first_false(mask: pa.ChunkedArray | pa.Array | np.ndarray) -> int | None:
@@ -324,6 +442,6 @@ def years_to_timestamps(years: np.ndarray) -> pa.Array:
 
 __all__ = [
     "EVENTS_SCHEMA", "VISITS_SCHEMA", "KIND_DICT", "SYSTEM_DICT", "TIME_TYPE", "RawRecords", "constant_dictionary",
-    "csv_line", "dictionary_codes", "find_table_file", "first_false", "make_events", "read_table",
+    "csv_line", "dictionary_codes", "find_table_file", "first_false", "iter_table", "make_events", "read_table",
     "years_to_timestamps",
 ]

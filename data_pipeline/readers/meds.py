@@ -34,8 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sparseehr.data_pipeline.errors import PrepareError
+from sparseehr.data_pipeline.partitions import PartitionPlan, PartitionSpill
 from sparseehr.data_pipeline.readers.common import (
-    TIME_TYPE, VISITS_SCHEMA, RawRecords, first_false, make_events, read_parquet_columns,
+    EVENTS_SCHEMA, TIME_TYPE, VISITS_SCHEMA, RawRecords, first_false, make_events, read_parquet_columns,
 )
 from sparseehr.data_pipeline.schema import (
     KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX, SUBJECT_ID, SYSTEM_BIRTH, SYSTEM_CPT, SYSTEM_REGION, SYSTEM_SEX,
@@ -252,8 +253,9 @@ def _unique_split_rows(path: Path, splits: pa.Table) -> pa.Table:
 
 
 
-def read_meds(root: str | Path) -> RawRecords:
-    """Read a MEDS v0.4 data set into events + visits."""
+def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawRecords:
+    """Read a MEDS v0.4 data set into partitioned events + visits (spilled under `work`)."""
+
     root = Path(root)
     if not root.is_dir():
         raise PrepareError(root, "MEDS folder does not exist")
@@ -370,9 +372,17 @@ def read_meds(root: str | Path) -> RawRecords:
         values = pc.utf8_slice_codeunits(distinct_codes.take(pa.array(code_index[rows])), len(prefix))
         parts.insert(1, make_events(subject.take(pa.array(rows)), None, None, KIND_DEMOGRAPHIC, system, values))
     dropped["meds_rows_not_tokenized"] = int((~handled).sum()) + sum(skipped.values())
-    return RawRecords(source="meds", path=str(root), events=pa.concat_tables(parts), visits=visits,
-                      subjects=subjects, splits=_read_splits(root), rows_read=rows_read,
-                      dropped={k: v for k, v in dropped.items() if v}, skipped=skipped)
+    del data, code_index, handled
+    spill = PartitionSpill(work, PartitionPlan.from_subjects(visits[SUBJECT_ID].to_numpy(), patients_per_partition),
+                           EVENTS_SCHEMA, VISITS_SCHEMA)
+    try:
+        while parts:   # in event order; each part is freed once spilled
+            spill.write_events(parts.pop(0))
+        spill.write_visits(visits)
+    finally:
+        spill.close()
+    return RawRecords(source="meds", path=str(root), partitions=spill, subjects=subjects, splits=_read_splits(root),
+                      rows_read=rows_read, dropped={k: v for k, v in dropped.items() if v}, skipped=skipped)
 
 
 __all__ = ["read_meds"]

@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparseehr.data_pipeline.errors import PrepareError
+from sparseehr.data_pipeline.partitions import PartitionPlan, PartitionSpill
 from sparseehr.data_pipeline.readers.common import (
-    TIME_TYPE, VISITS_SCHEMA, RawRecords, csv_line, find_table_file, first_false, make_events, read_table,
-    years_to_timestamps,
+    EVENTS_SCHEMA, TIME_TYPE, VISITS_SCHEMA, RawRecords, csv_line, find_table_file, first_false, iter_table,
+    make_events, read_table, years_to_timestamps,
 )
 from sparseehr.data_pipeline.schema import (
     KIND_CPT, KIND_DEMOGRAPHIC, KIND_DX, KIND_PX, SUBJECT_ID, SYSTEM_BIRTH, SYSTEM_CPT, SYSTEM_ICD9, SYSTEM_ICD10,
@@ -46,11 +47,39 @@ def _require_rows(path: Path, table: pa.Table) -> None:
         raise PrepareError(path, "the table has no data rows", row=2)
 
 
-def _lookup_visits(path: Path, table: pa.Table, admission_hadm: pa.Array, adm_subject: np.ndarray,
+class _AdmissionIndex:
+    """Row in admissions of each hadm_id, built once and queried per streamed block (a hash lookup would
+    rebuild its table for every block). MIMIC hadm_ids are dense 8-digit numbers, so a direct table over their
+    range is a few MB and one gather per row; sparse ids fall back to a binary search."""
+
+    DENSE_SLACK = 32   # table entries allowed per admission (MIMIC-IV: 431k stays over a 10M id range, 23)
+
+    def __init__(self, hadm: np.ndarray) -> None:
+        self.order = np.argsort(hadm, kind="stable")
+        self.sorted = hadm[self.order]
+        self.low = int(self.sorted[0])
+        span = int(self.sorted[-1]) - self.low + 1
+        self.dense = None
+        if span <= self.DENSE_SLACK * len(hadm) + (1 << 20):
+            self.dense = np.full(span, -1, np.int32 if len(hadm) < (1 << 31) else np.int64)
+            self.dense[self.sorted - self.low] = self.order
+
+    def rows(self, hadm: np.ndarray) -> np.ndarray:
+        """Admission row per hadm_id, -1 when absent."""
+        if self.dense is not None:
+            key = hadm - self.low
+            inside = (key >= 0) & (key < len(self.dense))
+            return np.where(inside, self.dense[np.where(inside, key, 0)], -1).astype(np.int64)
+        position = np.minimum(np.searchsorted(self.sorted, hadm), len(self.sorted) - 1)
+        return np.where(self.sorted[position] == hadm, self.order[position], -1)
+
+
+def _lookup_visits(path: Path, table: pa.Table, offset: int, index: _AdmissionIndex, adm_subject: np.ndarray,
                    adm_time: np.ndarray, patient_ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Each row's admission time; errors on an unknown subject or hadm_id (or a hadm_id of another subject)."""
-    admission = pc.fill_null(pc.index_in(table[MIMIC_HADM], value_set=admission_hadm), -1)
-    admission = admission.to_numpy(zero_copy_only=False).astype(np.int64)
+    """Each row's admission time; errors on an unknown subject or hadm_id (or a hadm_id of another subject).
+    `offset`: the block's first data row in the file (for the row numbers in errors)."""
+    hadm = table[MIMIC_HADM].to_numpy()
+    admission = index.rows(hadm)
     subject = table[MIMIC_SUBJECT].to_numpy()
     consistent = (admission >= 0) & (adm_subject[admission] == subject)
     if not consistent.all():
@@ -58,15 +87,15 @@ def _lookup_visits(path: Path, table: pa.Table, admission_hadm: pa.Array, adm_su
         bad = first_false(pc.is_in(table[MIMIC_SUBJECT], value_set=patient_ids))
         if bad is not None:
             raise PrepareError(path, f"subject {subject[bad]} is not in patients", column=MIMIC_SUBJECT,
-                               row=csv_line(bad))
+                               row=csv_line(offset + bad))
         bad = first_false(admission >= 0)
         if bad is not None:
             raise PrepareError(path, f"hadm_id {table[MIMIC_HADM][bad].as_py()} is not in admissions",
-                               column=MIMIC_HADM, row=csv_line(bad))
+                               column=MIMIC_HADM, row=csv_line(offset + bad))
         bad = first_false(consistent)
         raise PrepareError(path, f"hadm_id {table[MIMIC_HADM][bad].as_py()} belongs to another subject in "
-                                 "admissions", column=MIMIC_SUBJECT, row=csv_line(bad))
-    return table[MIMIC_HADM].to_numpy(), pa.array(adm_time[admission], TIME_TYPE)
+                                 "admissions", column=MIMIC_SUBJECT, row=csv_line(offset + bad))
+    return hadm, pa.array(adm_time[admission], TIME_TYPE)
 
 
 def _event_times(table: pa.Table, admit_times: pa.Array) -> pa.Array:
@@ -78,21 +107,38 @@ def _event_times(table: pa.Table, admit_times: pa.Array) -> pa.Array:
     return pc.coalesce(chart, admit_times)
 
 
-def _icd_events(path: Path, table: pa.Table, kind: str, visit_lookup) -> pa.Table:
+def _icd_events(path: Path, table: pa.Table, offset: int, kind: str, visit_lookup) -> pa.Table:
     version = table[MIMIC_ICD_VERSION].to_numpy()
     bad = first_false((version == 9) | (version == 10))
     if bad is not None:
         raise PrepareError(path, f"unknown ICD version {version[bad]} (expected 9 or 10)", column=MIMIC_ICD_VERSION,
-                           row=csv_line(bad))
-    hadm, times = visit_lookup(path, table)
+                           row=csv_line(offset + bad))
+    hadm, times = visit_lookup(path, table, offset)
     times = _event_times(table, times)
     system = np.where(version == 9, 0, 1).astype(np.int8)  # index into CODE_SYSTEMS: icd9 = 0, icd10 = 1
     return make_events(table[MIMIC_SUBJECT], pa.array(hadm, pa.int64()), times, kind, system,
                        table[MIMIC_ICD_CODE], table[MIMIC_SEQ])
 
 
-def read_mimic(hosp_dir: str | Path) -> RawRecords:
-    """Read a MIMIC-IV `hosp` folder into events + visits."""
+def _hcpcs_events(path: Path, table: pa.Table, offset: int, kind: str, visit_lookup) -> pa.Table:
+    hadm, times = visit_lookup(path, table, offset)
+    return make_events(table[MIMIC_SUBJECT], pa.array(hadm, pa.int64()), _event_times(table, times), KIND_CPT,
+                       SYSTEM_CPT, table["hcpcs_cd"], table[MIMIC_SEQ])
+
+
+# the event tables, streamed in this order (the events' source order): name, columns, not-null, kind, builder
+EVENT_TABLES = ((DIAGNOSES, ICD_COLUMNS, (MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION), KIND_DX, _icd_events, True),
+                (PROCEDURES, PROCEDURE_COLUMNS, (MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION), KIND_PX, _icd_events,
+                 False),
+                (HCPCS, HCPCS_COLUMNS, (MIMIC_SUBJECT, MIMIC_HADM), KIND_CPT, _hcpcs_events, False))
+
+
+def read_mimic(hosp_dir: str | Path, work: Path, patients_per_partition: int) -> RawRecords:
+    """Read a MIMIC-IV `hosp` folder into partitioned events + visits (spilled under `work`).
+
+    patients and admissions are read whole (one row per patient / stay: the visit lookup needs them all); the
+    event tables are streamed block by block into the partitions, so memory does not grow with them."""
+
     hosp_dir = Path(hosp_dir)
     if not hosp_dir.is_dir():
         raise PrepareError(hosp_dir, "MIMIC-IV hosp folder does not exist")
@@ -128,48 +174,39 @@ def read_mimic(hosp_dir: str | Path) -> RawRecords:
                            row=csv_line(adm_order[repeats[0] + 1]))
     adm_subject = admissions[MIMIC_SUBJECT].to_numpy()
     adm_time = admissions["admittime"].cast(TIME_TYPE).to_numpy()
+    admission_index = _AdmissionIndex(adm_hadm)
 
-    admission_hadm = admissions[MIMIC_HADM].combine_chunks()
+    def visit_lookup(table_path: Path, table: pa.Table, offset: int):
+        return _lookup_visits(table_path, table, offset, admission_index, adm_subject, adm_time, patient_ids)
 
-    def visit_lookup(table_path: Path, table: pa.Table):
-        return _lookup_visits(table_path, table, admission_hadm, adm_subject, adm_time, patient_ids)
-
-    parts = []
-    path = find_table_file(hosp_dir, DIAGNOSES)
-    diagnoses = read_table(path, ICD_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION))
-    _require_rows(path, diagnoses)
-    rows_read[DIAGNOSES] = diagnoses.num_rows
-    parts.append(_icd_events(path, diagnoses, KIND_DX, visit_lookup))
-    del diagnoses
-
-    path = find_table_file(hosp_dir, PROCEDURES, required=False)
-    if path is not None:
-        procedures = read_table(path, PROCEDURE_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_VERSION))
-        rows_read[PROCEDURES] = procedures.num_rows
-        if procedures.num_rows:
-            parts.append(_icd_events(path, procedures, KIND_PX, visit_lookup))
-
-    path = find_table_file(hosp_dir, HCPCS, required=False)
-    if path is not None:
-        hcpcs = read_table(path, HCPCS_COLUMNS, not_null=(MIMIC_SUBJECT, MIMIC_HADM))
-        rows_read[HCPCS] = hcpcs.num_rows
-        if hcpcs.num_rows:
-            hadm, times = visit_lookup(path, hcpcs)
-            times = _event_times(hcpcs, times)
-            parts.append(make_events(hcpcs[MIMIC_SUBJECT], pa.array(hadm, pa.int64()), times, KIND_CPT, SYSTEM_CPT,
-                                     hcpcs["hcpcs_cd"], hcpcs[MIMIC_SEQ]))
-
-    # Demographics: MIMIC gives age at an anchor year; the birth year is anchor_year - anchor_age and, as in the
-    # MIMIC-MEDS ETL, the birth time is January 1st of that year.
-    birth_year = patients["anchor_year"].to_numpy() - patients["anchor_age"].to_numpy()
-    parts.insert(0, make_events(patient_ids, None, years_to_timestamps(birth_year), KIND_DEMOGRAPHIC, SYSTEM_BIRTH,
-                                pc.cast(pa.array(birth_year), pa.string())))
-    parts.insert(1, make_events(patient_ids, None, None, KIND_DEMOGRAPHIC, SYSTEM_SEX, patients["gender"]))
-
-    visits = pa.Table.from_arrays([admissions[MIMIC_SUBJECT], admissions[MIMIC_HADM],
-                                   admissions["admittime"].cast(TIME_TYPE)], schema=VISITS_SCHEMA)
-    return RawRecords(source="mimic", path=str(hosp_dir), events=pa.concat_tables(parts), visits=visits,
-                      subjects=patient_ids, rows_read=rows_read)
+    spill = PartitionSpill(work, PartitionPlan.from_subjects(adm_subject, patients_per_partition), EVENTS_SCHEMA,
+                           VISITS_SCHEMA)
+    try:
+        # Demographics: MIMIC gives age at an anchor year; the birth year is anchor_year - anchor_age and, as in
+        # the MIMIC-MEDS ETL, the birth time is January 1st of that year.
+        birth_year = patients["anchor_year"].to_numpy() - patients["anchor_age"].to_numpy()
+        spill.write_events(make_events(patient_ids, None, years_to_timestamps(birth_year), KIND_DEMOGRAPHIC,
+                                       SYSTEM_BIRTH, pc.cast(pa.array(birth_year), pa.string())))
+        spill.write_events(make_events(patient_ids, None, None, KIND_DEMOGRAPHIC, SYSTEM_SEX, patients["gender"]))
+        spill.write_visits(pa.Table.from_arrays([admissions[MIMIC_SUBJECT], admissions[MIMIC_HADM],
+                                                 admissions["admittime"].cast(TIME_TYPE)], schema=VISITS_SCHEMA))
+        for name, columns, not_null, kind, builder, required in EVENT_TABLES:
+            path = find_table_file(hosp_dir, name, required=required)
+            if path is None:
+                continue
+            rows_read[name] = 0
+            for offset, block in iter_table(path, columns, not_null):
+                rows_read[name] += block.num_rows
+                if block.num_rows:
+                    spill.write_events(builder(path, block, offset, kind, visit_lookup))
+            if required and not rows_read[name]:
+                raise PrepareError(path, "the table has no data rows", row=2)
+        spill.close()
+    except BaseException:
+        spill.close()
+        raise
+    return RawRecords(source="mimic", path=str(hosp_dir), partitions=spill, subjects=patient_ids,
+                      rows_read=rows_read)
 
 
 # keep the schema names used for documentation tools happy (they are the events-table contract)
