@@ -3,7 +3,7 @@ converted to and from our instances. Nothing here imports or runs the peer, so i
 
 - Vocabulary mapping. The peer is trained on the raw claims MEDS codes (full ICD-10-CM such as
   ``DIAGNOSIS//ICD//10//E119``); a target DATA_DIR holds our harmonized categories (``E11``). A category is written
-  for the peer as the claims training split's most frequent full code of that category (`CodeMap`); a category
+  for the peer as the claims training split's most widespread full code of that category (`CodeMap`); a category
   with no claims code is left out of the peer's input (it stays a target, and a miss, as for our model).
   Generated codes come back through `peer_code_category` (ICD-10-CM truncated to our category length).
 - Target MEDS. `target_meds_table` writes each target patient's record as MEDS rows: GENDER, MEDS_BIRTH (from the
@@ -39,7 +39,8 @@ ICD10 = "10//"
 DX10_PREFIX = ICD_PREFIXES[schema.KIND_DX] + ICD10      # DIAGNOSIS//ICD//10//
 PX10_PREFIX = ICD_PREFIXES[schema.KIND_PX] + ICD10      # PROCEDURE//ICD//10//
 CPT_PREFIX_MEDS = CPT_PREFIXES_MEDS[0]                  # HCPCS//
-TIMELINE_END = "TIMELINE//END"                          # the peer's end-of-record code (ends a trajectory)
+TIMELINE_PREFIX = "TIMELINE//"                          # the peer's own codes: time deltas, start, end
+TIMELINE_END = TIMELINE_PREFIX + "END"                  # the peer's end-of-record code (ends a trajectory)
 US_PER_S = 1_000_000
 VISIT_SPACING_US = 2 * US_PER_S      # written visits are at least 2 s apart ...
 PREDICTION_OFFSET_US = US_PER_S      # ... and a prediction time sits 1 s after visit t, before visit t+1
@@ -67,7 +68,7 @@ def peer_code_category(code: str, dx_prefix_len: int = 3) -> str | None:
 
 @dataclass(frozen=True)
 class CodeMap:
-    """Our canonical codes -> the peer's input codes (each the most frequent claims code of its class)."""
+    """Our canonical codes -> the peer's input codes (each the claims code of its class with the largest count)."""
 
     dx: Mapping[str, str]           # ICD-10-CM category -> DIAGNOSIS//ICD//10//<full code>
     px: Mapping[str, str]           # ICD-10-PCS prefix -> PROCEDURE//ICD//10//<full code>
@@ -210,12 +211,13 @@ def first_visit_categories(rows: Iterable[tuple[int, str]], prediction_time: int
     """Diagnosis categories of the first generated visit after `prediction_time`, in generated order.
 
     rows: one trajectory's (time µs, code) in generated order. The first visit is the rows at the first timestamp
-    after the prediction time; it ends where the timestamp changes again or at TIMELINE//END. Rows at or before
-    the prediction time (the rest of visit t) and non-diagnosis rows (deltas, static codes, procedures) are
-    skipped.
+    after the prediction time that holds a code other than a TIMELINE// one (a timestamp holding only time deltas
+    is no visit); it ends where the timestamp changes again or at TIMELINE//END. Rows at or before the prediction
+    time (the rest of visit t) and non-diagnosis rows (deltas, static codes, procedures) are skipped.
 
-    >>> first_visit_categories([(5, "DIAGNOSIS//ICD//10//I10"), (9, "TIMELINE//DELTA//years"),
-    ...                         (9, "DIAGNOSIS//ICD//10//E119"), (9, "GENDER//F"), (12, "DIAGNOSIS//ICD//10//J45")], 5)
+    >>> first_visit_categories([(5, "DIAGNOSIS//ICD//10//I10"), (7, "TIMELINE//DELTA//years"),
+    ...                         (9, "TIMELINE//DELTA//years"), (9, "DIAGNOSIS//ICD//10//E119"), (9, "GENDER//F"),
+    ...                         (12, "DIAGNOSIS//ICD//10//J45")], 5)
     ['E11']
     """
     visit_time = None
@@ -225,10 +227,11 @@ def first_visit_categories(rows: Iterable[tuple[int, str]], prediction_time: int
             break
         if time is None or time <= prediction_time:
             continue
-        if visit_time is None:
-            visit_time = time
-        elif time != visit_time:
+        if visit_time is not None and time != visit_time:
             break
+        if code.startswith(TIMELINE_PREFIX):
+            continue
+        visit_time = time
         category = peer_code_category(code, dx_prefix_len)
         if category is not None and category not in categories:
             categories.append(category)

@@ -39,7 +39,9 @@ def test_share_of_trajectories_ranks_and_codes_after_the_first_visit_are_ignored
                     (7, t0, visit2, delta), (7, t0, visit2, DX + "J45909")]),           # J45: second visit
         trajectory([(7, t0, t0, DX + "J4520"),                                           # J45: still visit t
                     (7, t0, visit1, delta), (7, t0, visit1, DX + "E119"), (7, t0, visit1, DX + "E1165")]),
-        trajectory([(7, t0, visit1, delta), (7, t0, visit1, DX + "E1165"), (7, t0, visit1, "HCPCS//99213")]),
+        # a timestamp holding only a time delta is no visit: the first visit is the next one
+        trajectory([(7, t0, visit1 - DAY_US, delta), (7, t0, visit1, delta), (7, t0, visit1, DX + "E1165"),
+                    (7, t0, visit1, "HCPCS//99213")]),
         trajectory([(7, t0, visit1, delta), (7, t0, visit1, "TIMELINE//END"), (7, t0, visit1, DX + "J45")]),
     ]
     rankings, counts = rank_trajectories(trajectories, labels([(7, t0)]), n_trajectories=4, top_n=10)
