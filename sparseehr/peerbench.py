@@ -4,9 +4,9 @@ budget, scored zero-shot on our targets by our own Recall@K code, beside our mod
     sparseehr bench peer --system meds-eic-ar --data CLAIMS_MEDS --claims-data CLAIMS_DATA_DIR \\
         --target synthetic-mimic=MIMIC_DATA_DIR --target mimic-iv-demo=DEMO_DATA_DIR --work W
 
-One run, in W (every folder below is deleted and rewritten on each run: the peer's pipeline silently skips
-stages whose outputs it finds):
-  peer/venv          the peer in a virtual environment of its own (never our lock; cached in --peer-venv)
+The peer runs from a virtual environment of its own (never our lock), built once in --peer-venv (default
+~/.cache/sparseehr/peer/meds-eic-ar-VERSION). One run, in W (every folder below is deleted and rewritten on each
+run: the peer's pipeline silently skips stages whose outputs it finds):
   peer/meds          the claims MEDS corpus (linked) + each target written as MEDS into held_out (our converter)
   peer/labels        one MEDS label row per next-visit instance (prediction_time = end of visit t)
   peer/processed     MEICAR_process_data;  peer/pretrain  MEICAR_pretrain;  peer/trajectories  N per instance
