@@ -129,6 +129,9 @@ def score_ours(cfg: PeerBenchConfig, hf_dir: Path, target: TargetInputs, top_n: 
 
 def run_bench(cfg: PeerBenchConfig) -> dict:
     """Every stage of the benchmark; returns the report (also written to WORK/report.json and report.md)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from sparseehr.data_pipeline.datadir import load_tokenizer, load_train_code_counts
     from sparseehr.data_pipeline.frequency import common_codes
     from sparseehr.eval import baselines
@@ -206,7 +209,10 @@ def run_bench(cfg: PeerBenchConfig) -> dict:
         rankings["model"], ours_score = score_ours(cfg, ours_dir / "hf", target, max(ks))
         for baseline in baselines.BASELINE_NAMES:
             rankings[baseline] = baselines.make_baseline(baseline, counts).rank(target.instances, max(ks))
-        rankings["peer"], peer_counts = rank_trajectories(trajectories, target.labels, cfg.trajectories, max(ks))
+        # one generation pass covered every target: each target ranks its own subjects' rows
+        subjects = pa.array(sorted(target.peer_ids.values()), pa.int64())
+        own = [t.filter(pc.is_in(t.column("subject_id"), value_set=subjects)) for t in trajectories]
+        rankings["peer"], peer_counts = rank_trajectories(own, target.labels, cfg.trajectories, max(ks))
         common = common_codes(counts)
         blocks = {system: evaluate_rankings(target.instances, r, ks, common, seed=cfg.seed)
                   for system, r in rankings.items()}
