@@ -236,7 +236,7 @@ def run_bench(cfg: PeerBenchConfig) -> dict:
                    "step_limit": cfg.step_limit},
         "training": {"model": ours_train, "peer": peer_train},
         "peer_process_data_s": timings["peer_process_data_s"], "peer_generate_s": peer_generate_s,
-        "targets": report_targets, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "targets": report_targets, "config": asdict(cfg),
     }
 
 
@@ -297,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report["wall_time_s"] = time.perf_counter() - start
     report["load_average"] = os.getloadavg()
+    (cfg.work / "report.json").write_text(json.dumps(report, indent=2, default=str))   # paths as text
     table = report_markdown(report)
-    (cfg.work / "report.json").write_text(json.dumps(report, indent=2))
     (cfg.work / "report.md").write_text(f"# Peer benchmark\n\n{table}\n\nwall time {report['wall_time_s']:.0f} s, "
                                         f"load average {report['load_average'][0]:.1f}\n")
     print("\n" + table)
