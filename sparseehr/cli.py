@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sparseehr.launch.train:main", "train (one process; use `deepspeed launch/train.py` for many)"),
     "export": ("sparseehr.launch.export:main", "DeepSpeed checkpoint -> Hugging Face save_pretrained folder"),
     "eval": ("sparseehr.eval.cli:main", "next-visit, screening and routing evaluations"),
-    "bench": ("sparseehr.cli:bench_main", "benchmarks: prepare, model, train"),
+    "bench": ("sparseehr.cli:bench_main", "benchmarks: prepare, model, train, peer (a public model on our data)"),
     "demo": ("sparseehr.demo:main", "the main job: synth -> prepare -> train -> export -> zero-shot eval"),
     "ablate": ("sparseehr.ablate:main", "dense-prefix ablation (the paper's Tables 3-4)"),
     "curve": ("sparseehr.curve:main", "learning curve: next-visit recall of each checkpoint beside both baselines"),
@@ -26,6 +26,7 @@ BENCHES: dict[str, str] = {
     "prepare": "sparseehr.data_pipeline.bench:main",
     "model": "sparseehr.model.bench:main",
     "train": "sparseehr.launch.bench:main",
+    "peer": "sparseehr.peerbench:main",
 }
 
 
