@@ -68,7 +68,8 @@ def run_subprocess(argv: list[str], log_file: Path | None = None, append: bool =
         log_file.parent.mkdir(parents=True, exist_ok=True)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                           bufsize=1) as proc:
-        log = open(log_file, "a" if append else "w") if log_file else None
+        # Line-buffered: a sweep killed with SIGKILL keeps every line its trainer printed so far.
+        log = open(log_file, "a" if append else "w", buffering=1) if log_file else None
         if log and append:
             log.write(f"===== {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n")
         try:
