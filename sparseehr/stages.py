@@ -54,11 +54,12 @@ class StageRunner:
         return output
 
 
-def run_subprocess(argv: list[str], log_file: Path | None = None) -> int:
+def run_subprocess(argv: list[str], log_file: Path | None = None, append: bool = False) -> int:
     """Run a command with the current interpreter's environment, streaming its output (and teeing to a log).
 
     Training runs in its own process: DeepSpeed's distributed state and expert groups are process-global and
-    must not leak into the evaluation that follows.
+    must not leak into the evaluation that follows. append=True adds to an existing log (under a header line
+    naming the attempt), so a resumed run keeps the log of the attempt that was killed.
     """
     env = dict(os.environ)
     env.setdefault("DS_ACCELERATOR", "cpu")
@@ -67,7 +68,10 @@ def run_subprocess(argv: list[str], log_file: Path | None = None) -> int:
         log_file.parent.mkdir(parents=True, exist_ok=True)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                           bufsize=1) as proc:
-        log = open(log_file, "w") if log_file else None
+        # Line-buffered: a sweep killed with SIGKILL keeps every line its trainer printed so far.
+        log = open(log_file, "a" if append else "w", buffering=1) if log_file else None
+        if log and append:
+            log.write(f"===== {time.strftime('%Y-%m-%dT%H:%M:%S')} $ {' '.join(argv)}\n")
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

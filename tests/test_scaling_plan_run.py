@@ -1,5 +1,6 @@
 """`sparseehr scaling plan` (shapes, FLOPs per token by hand, epochs refusal) and `run` (commands, resume after a
-real kill) on the launch tests' tiny DATA_DIR."""
+real kill with train.log kept, clinical utility equal to `sparseehr eval`'s, a 2-rank point through the deepspeed
+launcher) on the launch tests' tiny DATA_DIR."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import pytest
 from launch_helpers import REPO_ROOT, build_tiny_datadir, read_jsonl, subprocess_env
 from sparseehr.scaling import plan as planmod
 from sparseehr.scaling import run as runmod
+from sparseehr.stages import run_subprocess
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def tiny_data(tmp_path_factory):
 
 def make_plan(tiny_data, out, *extra):
     argv = ["--data", str(tiny_data), "--out", str(out), "--micro-batch", "2", "--max-epochs", "1e6",
-            "--min-steps", "5", *extra]
+            "--min-steps", "5", "--utility-step-limit", "4", *extra]
     return planmod.main(argv), out / planmod.PLAN_FILE
 
 
@@ -69,11 +71,37 @@ def test_plan_picks_shapes_around_the_expected_optimum(tiny_data, tmp_path):
 
 def test_plan_refuses_more_epochs_than_the_data_holds(tiny_data, tmp_path, capsys):
     argv = ["--data", str(tiny_data), "--out", str(tmp_path / "p"), "--budgets", "1e11", "--micro-batch", "2",
-            "--min-steps", "5", "--max-epochs", "2"]
+            "--min-steps", "5", "--max-epochs", "2", "--utility-step-limit", "4"]
     assert planmod.main(argv) == 2
     err = capsys.readouterr().err
     assert "epochs of" in err and "--max-epochs 2" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p").exists()
+
+
+def test_plan_keeps_utility_settings_and_refuses_a_rollout_longer_than_the_window(tiny_data, tmp_path, capsys):
+    rc, path = make_plan(tiny_data, tmp_path / "plan", "--budgets", "2e9", "--sizes", "4", "--utility-patients", "5")
+    assert rc == 0
+    assert json.loads(path.read_text())["utility"] == {"patients": 5, "step_limit": 4, "batch_size": 16, "seed": 0}
+    capsys.readouterr()
+    rc, path = make_plan(tiny_data, tmp_path / "long", "--budgets", "2e9", "--sizes", "4", "--utility-step-limit", "22")
+    err = capsys.readouterr().err
+    assert rc == 2 and "--utility-step-limit 22 leaves no context in the 24-token window" in err
+    assert not path.exists()
+    rc, _ = make_plan(tiny_data, tmp_path / "none", "--budgets", "2e9", "--sizes", "4", "--utility-step-limit", "22",
+                      "--utility-patients", "0")
+    assert rc == 0  # nothing is scored, so the rollout length does not matter
+
+
+def test_run_subprocess_appends_to_the_log_of_an_earlier_attempt(tmp_path):
+    log = tmp_path / "train.log"
+    for word in ("first", "second"):
+        assert run_subprocess([sys.executable, "-c", f"print('{word} attempt')"], log, append=True) == 0
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if "attempt" in line and not line.startswith("=====")] == \
+        ["first attempt", "second attempt"]
+    assert sum(line.startswith("===== ") for line in lines) == 2
+    assert run_subprocess([sys.executable, "-c", "print('fresh')"], log) == 0  # the default still starts afresh
+    assert log.read_text() == "fresh\n"
 
 
 def test_print_commands_lists_deepspeed_lines(tiny_data, tmp_path, capsys):
@@ -125,6 +153,8 @@ def test_run_resumes_after_a_killed_point(tiny_data, tmp_path):
     rows = read_jsonl(plan_dir / runmod.RUNS_FILE)
     assert [r["id"] for r in rows] == [first, second]
     assert (plan_dir / planmod.RUNS_DIR / first / "metrics.jsonl").read_bytes() == first_metrics  # not retrained
+    log = (second_dir / runmod.TRAIN_LOG).read_text()  # both attempts' output, the killed one first
+    assert log.count("===== ") == 2 and log.index("starting from step 0") < log.index(f"resumed global_step{killed_at}")
     steps = [r["step"] for r in read_jsonl(second_dir / "metrics.jsonl") if "tokens" in r]
     assert steps == sorted(set(steps)) and steps[-1] == rows[1]["steps"] > killed_at
     assert rows[1]["tokens"] >= plan["points"][1]["tokens"]
@@ -133,3 +163,37 @@ def test_run_resumes_after_a_killed_point(tiny_data, tmp_path):
     again = subprocess.run(_run_cmd(plan_dir), env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0 and "2 of 2 points finished earlier; 0 to run" in again.stdout
+
+
+@pytest.mark.slow
+def test_run_measures_the_utility_eval_reports_and_trains_a_point_on_two_ranks(tiny_data, tmp_path):
+    """One hybrid point through the deepspeed launcher on 2 ranks with expert parallelism 2; its R@10/R@20 must be
+    what `sparseehr eval next-visit` reports for the same checkpoint on the same validation patients."""
+    plan_dir = tmp_path / "plan"
+    rc, _ = make_plan(tiny_data, plan_dir, "--budgets", "1e8", "--family", "hybrid", "--sizes", "4",
+                      "--utility-patients", "6", "--seed", "3")
+    assert rc == 0
+    done = subprocess.run([sys.executable, "-m", "sparseehr", "scaling", "run", str(plan_dir), "--point", "0",
+                           "--ranks", "2", "--ep-size", "2"], env=subprocess_env(), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [row] = read_jsonl(plan_dir / runmod.RUNS_FILE)
+    run_dir = Path(row["run_dir"])
+    assert "2 rank(s), ep=2" in (run_dir / runmod.TRAIN_LOG).read_text()
+    assert list(run_dir.glob("global_step*/layer_0_expert_*_mp_rank_00_model_states.pt"))  # real expert files
+    assert row["utility"]["n_patients"] == 6 and row["utility"]["split"] == "validation"
+    assert (row["screening_auroc"] is None) == (not (row["utility"]["screening_cases"]
+                                                      and row["utility"]["screening_controls"]))
+
+    from sparseehr.eval.cli import main as eval_main
+    from sparseehr.launch.export import export_run
+
+    hf = export_run(run_dir, tmp_path / "hf")
+    out = tmp_path / "eval"
+    assert eval_main(["next-visit", "--model", str(hf), "--data", str(tiny_data), "--out", str(out), "--split",
+                      "validation", "--max-patients", "6", "--seed", "3", "--step-limit", "4", "--k", "10", "20",
+                      "--bootstrap", "10"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_instances"] == row["utility"]["n_instances"]
+    assert row["recall_at_10"] == pytest.approx(report["recall_at_k"]["10"])
+    assert row["recall_at_20"] == pytest.approx(report["recall_at_k"]["20"])

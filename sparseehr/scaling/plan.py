@@ -14,8 +14,11 @@ import json
 import math
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from sparseehr.scaling.utility import UtilityConfig
 
 PLAN_FILE = "plan.json"
 SLURM_FILE = "slurm_array.sh"
@@ -47,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-max-rows", type=int, default=0, help="validation rows per evaluation (0 = all)")
     parser.add_argument("--ckpt-interval", type=int, default=50, help="optimizer steps between checkpoints")
+    parser.add_argument("--utility-patients", type=int, default=64,
+                        help="validation patients whose next-visit Recall@10/@20 and screening AUROC `run` measures "
+                             "per point (seeded subset, rollout scoring; 0 = none, default 64)")
+    parser.add_argument("--utility-step-limit", type=int, default=24, help="new tokens per rollout (default 24)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing plan.json")
     return parser
 
@@ -116,7 +123,15 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
             raise PlanError(f"--{name.replace('_', '-')} must be >= 1")
     if not (args.lr > 0 and args.tokens_per_param > 0 and args.max_epochs > 0):
         raise PlanError("--lr, --tokens-per-param and --max-epochs must be positive")
+    try:
+        utility = UtilityConfig(patients=args.utility_patients, step_limit=args.utility_step_limit, seed=args.seed)
+    except ValueError as exc:
+        raise PlanError(str(exc)) from exc
     data = data_summary(args.data, args.seq_len)
+    if utility.patients and utility.step_limit > data["seq_len"] - 3:
+        # eval's rollout prompt is context + GAP + VISIT:open, and the rollout must fit the model's window too
+        raise PlanError(f"--utility-step-limit {utility.step_limit} leaves no context in the {data['seq_len']}-token "
+                        f"window; use at most {data['seq_len'] - 3} (or --utility-patients 0)")
     tokens_per_step = data["mean_row_tokens"] * args.micro_batch
     points: list[dict[str, Any]] = []
     for family in args.family:
@@ -149,6 +164,7 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     training = {"preset": "tiny", "seq_len": data["seq_len"], "micro_batch": args.micro_batch, "lr": args.lr,
                 "seed": args.seed, "eval_max_rows": args.eval_max_rows, "ckpt_interval": args.ckpt_interval}
     return {"version": PLAN_VERSION, "data_dir": str(args.data.resolve()), "data": data, "training": training,
+            "utility": asdict(utility),
             "settings": {"budgets": sorted(args.budgets), "families": args.family, "sizes": args.sizes,
                          "tokens_per_param": args.tokens_per_param, "max_epochs": args.max_epochs,
                          "min_steps": args.min_steps},

@@ -2,7 +2,9 @@
 
 Each point is one `sparseehr train` run (the `deepspeed` launcher with `--ranks N`) into PLAN_DIR/runs/<id>/,
 always with `--resume`: a point killed mid-run continues from its last checkpoint, a point already in
-PLAN_DIR/runs.jsonl is skipped. A finished point appends one row to runs.jsonl (format: docs/scaling.md).
+PLAN_DIR/runs.jsonl is skipped. A finished point's clinical utility (validation Recall@10/@20, rollout scoring,
+and screening AUROC on a seeded patient subset: sparseehr.scaling.utility) is measured next, and the point appends
+one row to runs.jsonl (format: docs/scaling.md). train.log is appended to, so a resumed point keeps every attempt.
 `--print-commands` prints each pending point's `deepspeed` command line instead of running it (the SLURM array
 script beside the plan runs `--point i` per array task).
 """
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sparseehr.scaling.plan import RUNS_DIR, PlanError, load_plan
+from sparseehr.scaling.table import UTILITY
+from sparseehr.scaling.utility import UtilityConfig, measure_utility
 
 RUNS_FILE = "runs.jsonl"
 TRAIN_LOG = "train.log"
@@ -110,6 +114,11 @@ def run_row(point: dict[str, Any], run_dir: Path, wall_s: float) -> dict[str, An
             "run_dir": str(run_dir)}
 
 
+def utility_config(plan: dict[str, Any]) -> UtilityConfig:
+    """The plan's utility settings (a plan written before they existed gets the defaults)."""
+    return UtilityConfig(**plan.get("utility", {}))
+
+
 def select_points(plan: dict[str, Any], wanted: list[str] | None) -> list[tuple[int, dict[str, Any]]]:
     points = list(enumerate(plan["points"]))
     if not wanted:
@@ -150,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from sparseehr.stages import run_subprocess, train_command
 
+    utility = utility_config(plan)
+
     os.environ.setdefault("TQDM_DISABLE", "1")  # one progress bar per point would flood a sweep's log
     print(f"{len(points) - len(pending)} of {len(points)} points finished earlier; {len(pending)} to run", flush=True)
     for number, (index, point) in enumerate(pending, 1):
@@ -157,18 +168,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{number}/{len(pending)}] point {index} {point['id']}: {point['tokens']:,} tokens", flush=True)
         started = time.perf_counter()
         code = run_subprocess(train_command(args.ranks, train_args(plan, point, run_dir, args.ep_size)),
-                              run_dir / TRAIN_LOG)
+                              run_dir / TRAIN_LOG, append=True)
         if code != 0:
             print(f"sparseehr scaling run: point {point['id']} failed (exit {code}); see {run_dir / TRAIN_LOG}. "
                   f"Re-running resumes it.", file=sys.stderr)
             return 1
         try:
             row = run_row(point, run_dir, time.perf_counter() - started)
-        except (PlanError, OSError, ValueError) as exc:
+            row.update(measure_utility(run_dir, Path(plan["data_dir"]), utility))
+        except (PlanError, OSError, ValueError, RuntimeError) as exc:
             print(f"sparseehr scaling run: error: {exc}", file=sys.stderr)
             return 1
         append_row(plan_dir, row)
-        print(f"  val_loss {row['val_loss']:.4f}, {row['tokens']:,} tokens, {row['wall_s']:.0f} s", flush=True)
+        measured = ", ".join(f"{name} {row[name]:.3f}" for name in UTILITY if row[name] is not None)
+        print(f"  val_loss {row['val_loss']:.4f}, {row['tokens']:,} tokens, {row['wall_s']:.0f} s"
+              f"{', ' + measured if measured else ''}", flush=True)
     return 0
 
 
