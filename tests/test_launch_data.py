@@ -127,3 +127,30 @@ def test_log_unigram_prior_counts_only_predicted_tokens():
     assert torch.allclose(prior, expected)
     with pytest.raises(ValueError, match="outside the model's vocabulary of 3"):
         log_unigram_prior(windows, vocab_size=3)
+
+
+def test_a_fresh_run_starts_the_output_bias_at_the_data_prior(tmp_path):
+    """`sparseehr train` with lm_head_bias starts the bias at log_unigram_prior(train split); one step of AdamW
+    (LR 3e-3) moves each entry by at most about the LR, so after it the bias is still within 1e-2 of the prior."""
+    import subprocess
+    import sys
+
+    from launch_helpers import subprocess_env
+    from safetensors.torch import load_file
+
+    from sparseehr.launch.data import log_unigram_prior
+
+    data = build_tiny_datadir(tmp_path / "data")
+    run, hf = tmp_path / "run", tmp_path / "hf"
+    common = dict(env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "sparseehr", "train", "--preset", "tiny", "--data", str(data),
+                             "--out", str(run), "--max-steps", "1", "--warmup-steps", "0", "--lr", "3e-3", "--eval-interval", "0",
+                             "--ckpt-interval", "1", "--model-override", "lm_head_bias=true"], **common)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = subprocess.run([sys.executable, "-m", "sparseehr", "export", "--run", str(run), "--out", str(hf)],
+                            **common)
+    assert result.returncode == 0, result.stderr[-2000:]
+    bias = load_file(str(hf / "model.safetensors"))["lm_head.bias"]
+    prior = log_unigram_prior(load_windows_split(data, schema.SPLIT_TRAIN), bias.numel())
+    assert prior.max() - prior.min() > 1.0          # the tiny data's prior is far from uniform: the check has teeth
+    assert torch.allclose(bias, prior, atol=1e-2)
