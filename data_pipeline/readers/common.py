@@ -135,6 +135,17 @@ def _csv_header(path: Path) -> list[str]:
     return next(csv.reader([text]), [])
 
 
+def _csv_convert_options(path: Path, columns: dict[str, pa.DataType]) -> tuple[list[str], pacsv.ConvertOptions]:
+    """The CSV's header (every required column checked, named with row 1 when missing) and the options that read
+    just `columns` with their types; shared by the whole-file and the streaming reader."""
+    header = _csv_header(path)
+    for name in columns:
+        if name not in header:
+            raise PrepareError(path, f"required column is missing (header has {header})", column=name, row=1)
+    return header, pacsv.ConvertOptions(include_columns=list(columns), column_types=columns,
+                                        strings_can_be_null=True, quoted_strings_can_be_null=True)
+
+
 def _read_csv(path: Path, convert: pacsv.ConvertOptions) -> pa.Table:
     """pyarrow read_csv with a block large enough for the file's longest field (valid CSV of any field size)."""
     block = CSV_BLOCK_BYTES
@@ -232,12 +243,7 @@ def read_table(path: Path, columns: dict[str, pa.DataType], not_null: tuple[str,
     """Read `columns` (name -> type) of a CSV(.gz) or parquet file; every error names file, column and row."""
     if path.suffix == ".parquet":
         return read_parquet_columns(path, columns, not_null)
-    header = _csv_header(path)
-    for name in columns:
-        if name not in header:
-            raise PrepareError(path, f"required column is missing (header has {header})", column=name, row=1)
-    convert = pacsv.ConvertOptions(include_columns=list(columns), column_types=columns,
-                                   strings_can_be_null=True, quoted_strings_can_be_null=True)
+    header, convert = _csv_convert_options(path, columns)
     try:
         table = _read_csv(path, convert)
     except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as exc:
@@ -338,12 +344,7 @@ def iter_table(path: Path, columns: dict[str, pa.DataType], not_null: tuple[str,
         except (pa.ArrowInvalid, OSError) as exc:
             raise PrepareError(path, f"cannot read parquet ({exc})") from exc
         return
-    header = _csv_header(path)
-    for name in columns:
-        if name not in header:
-            raise PrepareError(path, f"required column is missing (header has {header})", column=name, row=1)
-    convert = pacsv.ConvertOptions(include_columns=list(columns), column_types=columns,
-                                   strings_can_be_null=True, quoted_strings_can_be_null=True)
+    header, convert = _csv_convert_options(path, columns)
     done = 0
     try:
         for batch in _prefetched(_csv_batches(path, convert)):
