@@ -36,20 +36,24 @@ def load_data_tokenizer(data_dir: str | Path):
     return load_tokenizer(str(data_dir))
 
 
-def window_lengths(dataset) -> np.ndarray:
-    """Token count of every window, read from the Arrow column without materialising the ids."""
+def _input_ids_column(dataset):
+    """The Arrow input_ids column of a windows split, in the dataset's row order (a selected/shuffled view is
+    flattened first, since its Arrow table still holds the original rows)."""
     if getattr(dataset, "_indices", None) is not None:
         dataset = dataset.flatten_indices()
-    column = dataset.data.column(schema.COL_INPUT_IDS)
+    return dataset.data.column(schema.COL_INPUT_IDS)
+
+
+def window_lengths(dataset) -> np.ndarray:
+    """Token count of every window, read from the Arrow column without materialising the ids."""
+    column = _input_ids_column(dataset)
     return np.asarray(pc.list_value_length(column).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def log_unigram_prior(dataset, vocab_size: int) -> torch.Tensor:
     """log P(token) over the tokens the loss predicts (every window's tokens after its first), add-one smoothed:
     the starting value of an output bias (SparseEHRConfig.lm_head_bias)."""
-    if getattr(dataset, "_indices", None) is not None:
-        dataset = dataset.flatten_indices()
-    column = dataset.data.column(schema.COL_INPUT_IDS).combine_chunks()
+    column = _input_ids_column(dataset).combine_chunks()
     offsets = column.offsets.to_numpy()
     ids = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
     predicted = np.ones(len(ids), dtype=bool)
