@@ -82,16 +82,17 @@ def plain_read(hosp: Path) -> tuple[float, int]:
     return time.perf_counter() - started, rows
 
 
-def run_prepare(source: Path, out: Path, num_proc: int, kind: str = "mimic") -> dict:
+def run_prepare(source: Path, out: Path, num_proc: int | None, kind: str = "mimic") -> dict:
     """One prepare (kind mimic or meds) in a child process; returns its in-process time, process wall time and peak
     tree RSS."""
     code = ("import json, sys; from sparseehr.data_pipeline.build import PrepareConfig, prepare; "
-            "r = prepare(PrepareConfig(out=sys.argv[1], **{sys.argv[4]: sys.argv[2]}, num_proc=int(sys.argv[3]), "
+            "r = prepare(PrepareConfig(out=sys.argv[1], **{sys.argv[4]: sys.argv[2]}, "
+            "num_proc=int(sys.argv[3]) if sys.argv[3] != 'None' else None, "
             "overwrite=True, progress=False)); "
             # VmHWM: this process's own high-water mark (ru_maxrss would carry the forked bench's pages over exec)
             "hwm = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM')][0]; "
             "print(json.dumps(dict({k: r[k] for k in ('elapsed_s', 'timings_s', 'patients', 'visits', "
-            "'events_read')}, vm_hwm=hwm)))")
+            "'events_read', 'num_proc')}, vm_hwm=hwm)))")
     started = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", code, str(out), str(source), str(num_proc), kind],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", metavar="DIR", help="where simulated data and outputs go (default: a temp dir)")
     parser.add_argument("--regenerate", action="store_true", help="simulate again even if WORK holds the data")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--num-proc", type=int, default=1, help="datasets.map workers inside prepare")
+    parser.add_argument("--num-proc", type=int, default=None,
+                        help="prepare's worker processes (default: prepare's own default, the usable cores up to 4)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target (ratio, peak RSS) is missed")
     args = parser.parse_args(argv)
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_per_repeat_median": round(statistics.median(p["elapsed_s"] / r for p, r in zip(prepares, reads)), 3),
             "rows_per_s": round(rows / prepare_median), "peak_tree_pss_gib": round(peak / 2**30, 3),
             "peak_tree_rss_sum_gib": round(peak_rss / 2**30, 3),
-            "peak_single_process_rss_gib": round(max_child / 2**30, 3), "num_proc": args.num_proc,
+            "peak_single_process_rss_gib": round(max_child / 2**30, 3), "num_proc": prepares[0]["num_proc"],
             "repeats": args.repeats, "cpus": os.cpu_count(),
         }
         ok = figures["ratio_median"] <= TARGET_RATIO and figures["peak_tree_pss_gib"] <= TARGET_RSS_GIB

@@ -11,7 +11,6 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from sparseehr.data_pipeline.schema import (
     DATA_TOKENIZER_DIR, DATA_WINDOWS_DIR, HARMONIZATION_FILE, KIND_DX, PREPARE_REPORT_FILE, SPLIT_TRAIN, SPLITS,
     SUBJECT_ID,
 )
-from sparseehr.data_pipeline.partitions import DEFAULT_PATIENTS_PER_PARTITION, read_stream
+from sparseehr.data_pipeline.partitions import DEFAULT_PATIENTS_PER_PARTITION, default_workers, read_stream
 from sparseehr.data_pipeline.splits import assign_splits
 from sparseehr.data_pipeline.timelines import build_timelines
 from sparseehr.data_pipeline.tokenization import tokenize_batch, windows_batch
@@ -37,7 +36,6 @@ from sparseehr.data_pipeline.vocab import (
 )
 
 SPLIT_COLUMN = "split"  # MEDS subject_splits column (source format, not our schema)
-PARTITION_THREADS = 2   # partitions harmonized at once (memory: this many partitions in flight)
 
 
 @dataclass
@@ -47,7 +45,9 @@ class PrepareConfig:
     Args:
         out: DATA_DIR to create. mimic / meds: exactly one input folder.
         vocab_from: a DATA_DIR (or tokenizer folder) whose vocabulary is reused instead of building one.
-        max_len: longest training window in tokens. num_proc: worker processes tokenizing partitions.
+        max_len: longest training window in tokens.
+        num_proc: worker processes (forked) that harmonize, build timelines and tokenize partitions in parallel;
+            None: `default_workers()`. The output does not depend on it.
         split_ratios: train / validation / test fractions of the hash split. split_salt: changes the hash split.
         batch_size: patients per tokenize batch. progress: show progress bars.
         partition_patients: patients (with visits) per partition; memory is bounded by one partition, and the
@@ -60,7 +60,7 @@ class PrepareConfig:
     vocab_from: str | None = None
     overwrite: bool = False
     max_len: int = 2048
-    num_proc: int = 1
+    num_proc: int | None = None
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     split_salt: int = 0
     batch_size: int = 1000
@@ -74,6 +74,8 @@ class PrepareConfig:
             raise ValueError("give exactly one input: mimic or meds")
         if self.max_len < 16:
             raise ValueError(f"max_len must be >= 16 (a prefix and a visit), got {self.max_len}")
+        if self.num_proc is None:
+            self.num_proc = default_workers()
         if self.num_proc < 1 or self.batch_size < 1 or self.partition_patients < 1:
             raise ValueError("num_proc, batch_size and partition_patients must be >= 1")
         ratios = tuple(float(r) for r in self.split_ratios)
@@ -213,16 +215,49 @@ def _tokenize_partition(job: tuple) -> np.ndarray:
     return np.concatenate(lengths)
 
 
-def _tokenize(jobs: list[tuple], num_proc: int) -> list[np.ndarray]:
-    """Every partition's tokenization, in partition order; `num_proc` > 1 runs partitions in forked workers
-    (each holds one partition at a time)."""
-    if num_proc <= 1 or len(jobs) <= 1:
-        return [_tokenize_partition(job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+# What forked workers need for the first pass: set in the parent just before the pool forks, inherited by the
+# children (the records hold the spill files and the source splits, too large to send with every task).
+_FIRST_PASS_STATE: dict = {}
 
-    with ProcessPoolExecutor(min(num_proc, len(jobs)), mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_tokenize_partition, jobs))
+
+def _first_pass_job(p: int) -> dict:
+    state = _FIRST_PASS_STATE
+    return _first_pass(state["records"], p, state["config"], state["policy_cache"], state["splits"],
+                       state["work"] / f"staging-{p:05d}.arrow")
+
+
+class _PartitionWorkers:
+    """Runs a per-partition function over all partitions, results in partition order: in forked worker processes
+    when there are several partitions and workers (each worker holds one partition at a time, so memory is
+    `workers` partitions), else in this process. Processes, not threads: the steps are many numpy and arrow calls
+    with Python in between, and measured with two threads they ran no faster than with one (the GIL).
+    Forked after the read, with no other thread of ours running, so the children inherit the spill and the
+    policy's GEMs without pickling them."""
+
+    def __init__(self, workers: int, n_partitions: int) -> None:
+        self.workers = max(1, min(workers, n_partitions))
+        self.pool = None
+
+    def map(self, function, items: list) -> list:
+        if self.workers <= 1:
+            return [function(item) for item in items]
+        if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return list(self.pool.map(function, items))
+        except BrokenProcessPool as error:
+            raise RuntimeError(f"a prepare worker process died ({error}); the usual cause is the machine running out "
+                               "of memory: rerun with a smaller --partition-patients or fewer --num-proc") from error
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
 
 
 def _concatenate(paths: list[Path]):
@@ -252,6 +287,7 @@ def prepare(config: PrepareConfig) -> dict:
     steps = tqdm(total=7, desc="prepare", disable=not config.progress, unit="step")
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
+    workers = None
 
     def step_done(name: str, advance: bool = True) -> None:
         # arrow's allocator keeps freed pages for reuse; hand them back so one step's peak does not stay resident
@@ -276,23 +312,28 @@ def prepare(config: PrepareConfig) -> dict:
         region_counts, code_token_counts, dx_counts, partition_splits, staging_paths = [], [], [], [], []
         steps.set_postfix_str(f"harmonize + timelines, {len(records.partitions)} partitions")
 
-        def first_pass(p: int) -> dict:
-            return _first_pass(records, p, config, policy_cache, splits, work / f"staging-{p:05d}.arrow")
-
-        # two partitions at a time: their numpy sorts and arrow kernels release the GIL
-        with ThreadPoolExecutor(PARTITION_THREADS) as pool:
-            for p, result in enumerate(pool.map(first_pass, range(len(records.partitions)))):
-                _add(counts, result["counts"])
-                _add(dropped, result["dropped"])
-                _add(summary, result["summary"])
-                for name in ("harmonize", "timelines"):
-                    timings[name] = round(timings.get(name, 0.0) + result["seconds"][name], 3)
-                splits.count(result["split_from_source"], len(result["split"]))
-                region_counts.append(result["region"])
-                code_token_counts.append(result["codes"])
-                dx_counts.append(result["dx"])
-                partition_splits.append(result["split"])
-                staging_paths.append(work / f"staging-{p:05d}.arrow")
+        # Fork only once no thread of ours runs: the datasets import (started above, needed to save anyway) must
+        # not hold an import lock inside the children. Reading usually outlasts it.
+        importer.join()
+        workers = _PartitionWorkers(config.num_proc, len(records.partitions))
+        _FIRST_PASS_STATE.update(records=records, config=config, policy_cache=policy_cache, splits=splits, work=work)
+        try:
+            results = workers.map(_first_pass_job, list(range(len(records.partitions))))
+        finally:
+            _FIRST_PASS_STATE.clear()
+        for p, result in enumerate(results):
+            _add(counts, result["counts"])
+            _add(dropped, result["dropped"])
+            _add(summary, result["summary"])
+            for name in ("harmonize", "timelines"):
+                timings[name] = round(timings.get(name, 0.0) + result["seconds"][name], 3)
+            splits.count(result["split_from_source"], len(result["split"]))
+            region_counts.append(result["region"])
+            code_token_counts.append(result["codes"])
+            dx_counts.append(result["dx"])
+            partition_splits.append(result["split"])
+            staging_paths.append(work / f"staging-{p:05d}.arrow")
+        del results
         step_done("partitions", advance=False)
         counts["dx_icd9_share"] = counts.get("dx_icd9_rows", 0) / max(1, counts.get(f"{KIND_DX}_rows_read", 0))
         steps.update(2)
@@ -306,14 +347,14 @@ def prepare(config: PrepareConfig) -> dict:
         step_done("vocabulary")
 
         steps.set_postfix_str("tokenize")
-        importer.join()
         import datasets
 
         if not config.progress:
             datasets.disable_progress_bars()
         jobs = [(path, split, vocab, config.max_len, config.batch_size, str(work / f"tokens-{p:05d}"))
                 for p, (path, split) in enumerate(zip(staging_paths, partition_splits))]
-        lengths = np.concatenate(_tokenize(jobs, config.num_proc)) if jobs else np.zeros(0, np.int64)
+        lengths = np.concatenate(workers.map(_tokenize_partition, jobs)) if jobs else np.zeros(0, np.int64)
+        workers.close()
         for path in staging_paths:
             path.unlink()
         step_done("tokenize")
@@ -339,6 +380,7 @@ def prepare(config: PrepareConfig) -> dict:
         report["elapsed_s"] = round(time.perf_counter() - started, 3)
         report["timings_s"] = timings
         report["partitions"] = len(jobs)
+        report["num_proc"] = workers.workers
         (tmp / PREPARE_REPORT_FILE).write_text(json.dumps(report, indent=2))
         step_done("save")
 
@@ -354,6 +396,8 @@ def prepare(config: PrepareConfig) -> dict:
         return report
     finally:
         steps.close()
+        if workers is not None:
+            workers.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 

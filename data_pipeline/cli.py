@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sparseehr.data_pipeline.artifacts import OutputDirError
 from sparseehr.data_pipeline.errors import PrepareError
-from sparseehr.data_pipeline.partitions import DEFAULT_PATIENTS_PER_PARTITION
+from sparseehr.data_pipeline.partitions import DEFAULT_PATIENTS_PER_PARTITION, MAX_DEFAULT_WORKERS
 from sparseehr.data_pipeline.schema import HARMONIZATION_FILE
 
 DEFAULT_DX_PREFIX_LEN, DEFAULT_PX_PREFIX_LEN = 3, 3
@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vocab-from", metavar="DIR",
                         help="reuse the vocabulary (and harmonization prefixes) of an existing DATA_DIR")
     parser.add_argument("--max-len", type=int, default=2048, help="tokens per training window (default 2048)")
-    parser.add_argument("--num-proc", type=int, default=1,
-                        help="worker processes tokenizing patient partitions (default 1)")
+    parser.add_argument("--num-proc", type=int, default=None,
+                        help="worker processes for the per-partition steps (harmonize, timelines, tokenize; "
+                             f"default: the usable cores, at most {MAX_DEFAULT_WORKERS})")
     parser.add_argument("--partition-patients", type=int, default=DEFAULT_PATIENTS_PER_PARTITION,
                         help="patients per partition: memory is bounded by one partition, the output does not "
                              f"depend on it (default {DEFAULT_PATIENTS_PER_PARTITION:,})")

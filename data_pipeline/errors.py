@@ -22,3 +22,7 @@ class PrepareError(Exception):
         if row is not None:
             where.append(f"row {row}")
         super().__init__(f"{', '.join(where)}: {message}")
+
+    def __reduce__(self):
+        # the message is built from the fields: pickle those (errors cross from prepare's worker processes)
+        return (type(self), (self.file, self.reason, self.column, self.row))

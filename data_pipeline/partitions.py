@@ -12,6 +12,7 @@ orders ties within a visit. Memory is then one read block plus one partition, no
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,15 @@ from sparseehr.data_pipeline import arrays
 from sparseehr.data_pipeline.schema import SUBJECT_ID
 
 DEFAULT_PATIENTS_PER_PARTITION = 20_000
+MAX_DEFAULT_WORKERS = 4  # prepare's default worker processes: each holds one partition (~0.3-0.5 GB at 20k patients)
+
+
+def default_workers() -> int:
+    """Worker processes for the per-partition steps: the cores this process may use, at most
+    MAX_DEFAULT_WORKERS (memory grows with one partition per worker)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from sparseehr.data_pipeline.readers import common
 from sparseehr.data_pipeline.schema import SPLITS
 
 # report fields that describe the run, not the data
-RUN_FIELDS = ("input", "elapsed_s", "timings_s", "partitions")
+RUN_FIELDS = ("input", "elapsed_s", "timings_s", "partitions", "num_proc")
 TINY = 7    # patients per partition: the demo's 100 patients become 15 partitions
 
 
@@ -57,7 +57,8 @@ def one_partition(tmp_path_factory, mimic_demo_hosp):
 def test_tiny_partitions_and_blocks_give_the_one_partition_data_dir(tmp_path, one_partition, mimic_demo_hosp,
                                                                      tiny_blocks):
     out = tmp_path / "tiny"
-    report = _prepare(out, "--mimic", mimic_demo_hosp, "--partition-patients", str(TINY), "--batch-size", "3")
+    report = _prepare(out, "--mimic", mimic_demo_hosp, "--partition-patients", str(TINY), "--batch-size", "3",
+                      "--num-proc", "1")
     assert report["partitions"] == math.ceil(report["patients"] / TINY)
     assert (report["patients"], report["visits"]) == (100, 275)
     _assert_same(one_partition, out)
@@ -65,8 +66,35 @@ def test_tiny_partitions_and_blocks_give_the_one_partition_data_dir(tmp_path, on
 
 def test_tiny_partitions_in_parallel_workers(tmp_path, one_partition, mimic_demo_hosp):
     out = tmp_path / "workers"
-    _prepare(out, "--mimic", mimic_demo_hosp, "--partition-patients", str(TINY), "--num-proc", "2")
+    report = _prepare(out, "--mimic", mimic_demo_hosp, "--partition-patients", str(TINY), "--num-proc", "2")
+    assert report["num_proc"] == 2
     _assert_same(one_partition, out)
+
+
+def test_an_error_inside_a_worker_process_reaches_the_user_and_leaves_nothing(tmp_path, mimic_demo_hosp, capsys,
+                                                                               monkeypatch):
+    from sparseehr.data_pipeline import build
+    from sparseehr.data_pipeline.errors import PrepareError
+
+    real = build.build_timelines
+
+    def failing(harmonized, visits):   # forked workers inherit this patch; only the third partition fails
+        subjects = visits.column(0).to_pylist()
+        if subjects and min(subjects) == third_partition_first:
+            raise PrepareError("diagnoses_icd.csv.gz", "made-up bad value", column="icd_code", row=17)
+        return real(harmonized, visits)
+
+    import pyarrow.csv as pacsv
+    subjects = sorted(set(pacsv.read_csv(mimic_demo_hosp / "admissions.csv.gz")["subject_id"].to_pylist()))
+    third_partition_first = subjects[2 * TINY]
+    monkeypatch.setattr(build, "build_timelines", failing)
+    out = tmp_path / "out"
+    assert main(["--mimic", str(mimic_demo_hosp), "--out", str(out), "--partition-patients", str(TINY),
+                 "--num-proc", "2", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "diagnoses_icd.csv.gz" in err and "column 'icd_code'" in err and "row 17" in err, err
+    assert "made-up bad value" in err
+    assert list(tmp_path.iterdir()) == []     # neither DATA_DIR nor its temporary folder is left behind
 
 
 def test_meds_in_tiny_partitions_gives_the_mimic_data_dir(tmp_path, one_partition, mimic_demo_hosp, tiny_blocks):
