@@ -144,9 +144,10 @@ def tiny(**overrides: Any) -> TrainConfig:
 def small(**overrides: Any) -> TrainConfig:
     """Minutes on a CPU, the demo's recipe (issue 12): 16 packed rows of 256 tokens per rank, peak LR 3e-3 with
     20 warmup steps and cosine decay to 10%; the demo runs it on 2 ranks (fp32: faster than bf16 on this CPU at
-    this width, docs/training.md)."""
+    this width, docs/training.md). The validation loss every 50 steps reads 256 packed rows: on the demo's whole
+    claims validation split it cost ~16 s per evaluation, a third of the wall time of the steps between two."""
     values: dict[str, Any] = dict(preset="small", micro_batch_size=16, grad_accum_steps=1, lr=3e-3, warmup_steps=20,
-                                  eval_interval=50, ckpt_interval=100)
+                                  eval_interval=50, eval_max_rows=256, ckpt_interval=100)
     return TrainConfig(**{**values, **overrides})
 
 
