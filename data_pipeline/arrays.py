@@ -4,20 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def first_occurrences(keys: np.ndarray) -> np.ndarray:
-    """Sorted indices of the first occurrence of each distinct key.
-
-    >>> first_occurrences(np.array([5, 3, 5, 1, 3])).tolist()
-    [0, 1, 3]
-    """
-    if not len(keys):
-        return np.zeros(0, np.int64)
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    starts = np.concatenate([[True], ordered[1:] != ordered[:-1]])
-    return np.sort(order[starts])
-
-
 def distinct(keys: np.ndarray) -> np.ndarray:
     """The distinct values, sorted.
 
@@ -26,7 +12,9 @@ def distinct(keys: np.ndarray) -> np.ndarray:
     """
     if not len(keys):
         return keys
-    ordered = np.sort(keys)
+    # numpy's stable sort (radix / timsort for integers) beat its default introsort here on random keys (37 vs
+    # 48 ms for 419k int64) and on keys in ascending runs, as prepare's are (12-17 vs 33-59 ms)
+    ordered = np.sort(keys, kind="stable")
     return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
 
 
@@ -59,25 +47,23 @@ def pack(columns: list[tuple[np.ndarray, int]]) -> np.ndarray | None:
     return packed
 
 
-def keep_first(keys: np.ndarray, key_max: int) -> np.ndarray:
+def keep_first(keys: np.ndarray) -> np.ndarray:
     """Boolean mask keeping the first occurrence of each key (in array order).
 
-    >>> keep_first(np.array([4, 2, 4, 2, 9]), 9).tolist()
+    One stable argsort: equal keys keep their array order, so the first of each run is the first occurrence.
+    Fastest when the keys come in ascending runs, as timelines passes them (visit-major): 16-24 ms for 419k keys
+    against 42-50 ms for the packed (key, position) sort this replaced; on shuffled keys it is slower (117 vs 77
+    ms), which no caller has.
+
+    >>> keep_first(np.array([4, 2, 4, 2, 9])).tolist()
     [True, True, False, False, True]
     """
-    n = len(keys)
-    packed = pack([(keys, key_max), (np.arange(n), max(n - 1, 1))])
-    if packed is None:
-        mask = np.zeros(n, bool)
-        mask[first_occurrences(keys)] = True
+    mask = np.zeros(len(keys), bool)
+    if not len(keys):
         return mask
-    # one unstable sort of (key, position) pairs: within a key, the smallest position comes first
-    ordered = np.sort(packed)
-    position_bits = np.int64(max(n - 1, 1).bit_length())
-    high = ordered >> position_bits
-    starts = np.concatenate([[True], high[1:] != high[:-1]]) if n else np.zeros(0, bool)
-    mask = np.zeros(n, bool)
-    mask[ordered[starts] & ((np.int64(1) << position_bits) - 1)] = True
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    mask[order[np.concatenate([[True], ordered[1:] != ordered[:-1]])]] = True
     return mask
 
 

@@ -266,8 +266,21 @@ def _concatenate(paths: list[Path]):
     return datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in paths])
 
 
-def _import_datasets() -> None:
+def _background_setup(settings: HarmonizationSettings) -> None:
+    """What prepare needs later and can get while the reader works: `datasets` (seconds to import, needed only to
+    write the output) and the harmonization tables (the procedure GEM's SQLite read alone is ~0.9 s). Loaded here,
+    before the workers fork, the tables are inherited by every worker instead of loaded once per worker."""
     import datasets  # noqa: F401
+
+    from sparseehr.data_pipeline.gems import load_dx_gem, load_px_gem
+    from sparseehr.data_pipeline.harmonize import icd10cm_categories
+
+    try:
+        load_dx_gem(settings.dx_gem_path)
+        load_px_gem(settings.px_gem_path)
+        icd10cm_categories()
+    except Exception:   # noqa: BLE001 - raised again, with its message, where the first partition needs the table
+        pass
 
 
 def prepare(config: PrepareConfig) -> dict:
@@ -278,9 +291,8 @@ def prepare(config: PrepareConfig) -> dict:
                            [("--mimic", config.mimic), ("--meds", config.meds), ("--vocab-from", config.vocab_from)])
     vocab_dir = resolve_tokenizer_dir(config.vocab_from) if config.vocab_from else None
     started = time.perf_counter()
-    # `datasets` (with pandas) takes seconds to import and is needed only to write the output: import it in a
-    # thread while the reader, mostly in arrow's GIL-free C++, works through the input
-    importer = threading.Thread(target=_import_datasets, daemon=True)
+    # in a thread while the reader, mostly in arrow's GIL-free C++, works through the input
+    importer = threading.Thread(target=_background_setup, args=(config.harmonization,), daemon=True)
     importer.start()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -312,8 +324,8 @@ def prepare(config: PrepareConfig) -> dict:
         region_counts, code_token_counts, dx_counts, partition_splits, staging_paths = [], [], [], [], []
         steps.set_postfix_str(f"harmonize + timelines, {len(records.partitions)} partitions")
 
-        # Fork only once no thread of ours runs: the datasets import (started above, needed to save anyway) must
-        # not hold an import lock inside the children. Reading usually outlasts it.
+        # Fork only once no thread of ours runs: the background set-up (started above, needed anyway) must not hold
+        # an import lock or a half-loaded table inside the children. Reading usually outlasts it.
         importer.join()
         workers = _PartitionWorkers(config.num_proc, len(records.partitions))
         _FIRST_PASS_STATE.update(records=records, config=config, policy_cache=policy_cache, splits=splits, work=work)

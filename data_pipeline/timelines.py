@@ -145,7 +145,7 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
     token_id = code_events[TOKEN].to_numpy()[order].astype(np.int64)
     event_visit, event_kind = event_visit[order], event_kind[order]
     n_tokens = max(harmonized.tokens.num_rows, 1)
-    keep = keep_first(event_visit * n_tokens + token_id, max(n_visits, 1) * n_tokens)
+    keep = keep_first(event_visit * n_tokens + token_id)
     counts["duplicate_codes_in_visit_collapsed"] = int(len(order) - keep.sum())
     token_id, event_visit, event_kind = token_id[keep], event_visit[keep], event_kind[keep]
     token_strings = harmonized.tokens[TOKEN_STRING].combine_chunks()
