@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from sparseehr.demo import DemoConfig
 from sparseehr.peer_setup import (
     DEFAULT_PEER_VERSION, HELD_OUT, PeerBenchConfig, TargetInputs, build_peer_inputs, ensure_peer_venv, fresh,
     matched_peer_shape, peer_env, peer_pretrain_overrides, peer_vocabulary_categories, read_trajectories, run_logged,
@@ -48,7 +49,8 @@ def parse_args(argv: list[str] | None) -> PeerBenchConfig:
     parser.add_argument("--peer-venv", type=Path, default=None,
                         help="the peer's own virtual environment (built when absent; default ~/.cache/sparseehr/peer)")
     parser.add_argument("--preset", default="small", help="our model and training preset")
-    parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (both systems)")
+    parser.add_argument("--max-steps", type=int, default=DemoConfig.max_steps,
+                        help=f"optimizer steps (both systems; default {DemoConfig.max_steps}, the demo's recipe)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per training row (both systems)")
     parser.add_argument("--micro-batch", type=int, default=16, help="rows per rank per step (ours)")
     parser.add_argument("--ranks", type=int, default=1, help="our training processes; the peer's batch is "
