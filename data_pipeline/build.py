@@ -220,10 +220,15 @@ def _tokenize_partition(job: tuple) -> np.ndarray:
 _FIRST_PASS_STATE: dict = {}
 
 
+def _staging_path(work: Path, p: int) -> Path:
+    """Partition p's staging table (token strings), written by the first pass and read by tokenize."""
+    return work / f"staging-{p:05d}.arrow"
+
+
 def _first_pass_job(p: int) -> dict:
     state = _FIRST_PASS_STATE
     return _first_pass(state["records"], p, state["config"], state["policy_cache"], state["splits"],
-                       state["work"] / f"staging-{p:05d}.arrow")
+                       _staging_path(state["work"], p))
 
 
 class _PartitionWorkers:
@@ -344,7 +349,7 @@ def prepare(config: PrepareConfig) -> dict:
             code_token_counts.append(result["codes"])
             dx_counts.append(result["dx"])
             partition_splits.append(result["split"])
-            staging_paths.append(work / f"staging-{p:05d}.arrow")
+            staging_paths.append(_staging_path(work, p))
         del results
         step_done("partitions", advance=False)
         counts["dx_icd9_share"] = counts.get("dx_icd9_rows", 0) / max(1, counts.get(f"{KIND_DX}_rows_read", 0))

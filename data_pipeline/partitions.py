@@ -33,7 +33,6 @@ def default_workers() -> int:
     return max(1, min(cores, MAX_DEFAULT_WORKERS))
 
 
-
 @dataclass(frozen=True)
 class PartitionPlan:
     """Partition p holds the subject ids in [starts[p], starts[p + 1]) (the last one is open above; ids below
