@@ -7,7 +7,7 @@ budget, scored zero-shot on our targets by our own Recall@K code, beside our mod
 The peer runs from a virtual environment of its own (never our lock), built once in --peer-venv (default
 ~/.cache/sparseehr/peer/meds-eic-ar-VERSION). One run, in W (every folder below is deleted and rewritten on each
 run: the peer's pipeline silently skips stages whose outputs it finds):
-  peer/meds          the claims MEDS corpus (linked) + each target written as MEDS into held_out (our converter)
+  peer/meds          the claims MEDS corpus (re-sharded by subject) + each target written as MEDS into held_out (our converter)
   peer/labels        one MEDS label row per next-visit instance (prediction_time = end of visit t)
   peer/processed     MEICAR_process_data;  peer/pretrain  MEICAR_pretrain;  peer/trajectories  N per instance
   ours/run, ours/hf  our small preset trained on CLAIMS_DATA_DIR with the same steps, rows and row length
@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> PeerBenchConfig:
                         help="score only the first this many instances of each target (smoke runs)")
     parser.add_argument("--generate-batch", type=int, default=40,
                         help="trajectories generated at once by the peer (its N copies of an instance are interleaved)")
+    parser.add_argument("--peer-shard-subjects", type=int, default=2000,
+                        help="subjects per shard of the peer's copy of the corpus (its binning holds a shard in memory)")
     parser.add_argument("--min-subjects-per-code", type=int, default=10, help="the peer's vocabulary filter")
     parser.add_argument("--min-events-per-subject", type=int, default=2, help="the peer's subject filter")
     parser.add_argument("--seed", type=int, default=0)
@@ -84,7 +86,7 @@ def parse_args(argv: list[str] | None) -> PeerBenchConfig:
             seq_len=args.seq_len, micro_batch=args.micro_batch, ranks=args.ranks, lr=args.lr,
             trajectories=args.trajectories, step_limit=args.step_limit, max_patients=args.max_patients,
             max_instances=args.max_instances, generate_batch=args.generate_batch,
-            min_subjects_per_code=args.min_subjects_per_code,
+            peer_shard_subjects=args.peer_shard_subjects, min_subjects_per_code=args.min_subjects_per_code,
             min_events_per_subject=args.min_events_per_subject, seed=args.seed, overwrite=args.overwrite,
             extra_peer_pretrain=args.peer_pretrain_override)
     except ValueError as error:

@@ -4,7 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparseehr.peer_setup import PeerBenchConfig, llama_non_embedding, matched_peer_shape, peer_pretrain_overrides
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sparseehr.peer_setup import (
+    PeerBenchConfig, llama_non_embedding, matched_peer_shape, peer_pretrain_overrides, reshard_by_subject,
+)
 from sparseehr.peerbench import main
 
 
@@ -43,3 +48,21 @@ def test_refused_settings(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
         main(argv + extra)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_reshard_keeps_each_subject_whole_and_every_row_in_order(tmp_path):
+    # subjects 1..5 with 3, 1, 2, 1, 4 rows; 2 subjects per shard -> {1,2}, {3,4}, {5}
+    subjects = [1, 1, 1, 2, 3, 3, 4, 5, 5, 5, 5]
+    table = pa.table({"subject_id": pa.array(subjects, pa.int64()), "code": [f"C{i}" for i in range(11)]})
+    pq.write_table(table, tmp_path / "0000.parquet")
+    written = reshard_by_subject(tmp_path / "0000.parquet", tmp_path / "out" / "0000", 2)
+    assert [p.name for p in written] == ["0000-0000.parquet", "0000-0001.parquet", "0000-0002.parquet"]
+    parts = [pq.read_table(p) for p in written]
+    assert [sorted(set(t.column("subject_id").to_pylist())) for t in parts] == [[1, 2], [3, 4], [5]]
+    assert pa.concat_tables(parts).equals(table)
+
+
+def test_reshard_refuses_a_shard_not_sorted_by_subject(tmp_path):
+    pq.write_table(pa.table({"subject_id": pa.array([2, 1], pa.int64()), "code": ["A", "B"]}), tmp_path / "s.parquet")
+    with pytest.raises(ValueError, match="not sorted by subject_id"):
+        reshard_by_subject(tmp_path / "s.parquet", tmp_path / "out" / "s", 10)
