@@ -52,16 +52,16 @@ def parse_args(argv: list[str] | None) -> PeerBenchConfig:
     parser.add_argument("--max-steps", type=int, default=DemoConfig.max_steps,
                         help=f"optimizer steps (both systems; default {DemoConfig.max_steps}, the demo's recipe)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per training row (both systems)")
-    parser.add_argument("--micro-batch", type=int, default=16, help="rows per rank per step (ours)")
-    parser.add_argument("--ranks", type=int, default=1, help="our training processes; the peer's batch is "
-                                                             "micro-batch x ranks rows")
+    parser.add_argument("--micro-batch", type=int, default=DemoConfig.micro_batch, help="rows per rank per step (ours)")
+    parser.add_argument("--ranks", type=int, default=DemoConfig.ranks,
+                        help="our training processes (the demo's 2); the peer's batch is micro-batch x ranks rows")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--trajectories", type=int, default=20, help="N trajectories per instance (>= 20)")
     parser.add_argument("--step-limit", type=int, default=48, help="new tokens per rollout / trajectory (both)")
     parser.add_argument("--max-patients", type=int, default=None, help="seeded target patients per split")
     parser.add_argument("--max-instances", type=int, default=None,
                         help="score only the first this many instances of each target (smoke runs)")
-    parser.add_argument("--generate-batch", type=int, default=40,
+    parser.add_argument("--generate-batch", type=int, default=128,
                         help="trajectories generated at once by the peer (its N copies of an instance are interleaved)")
     parser.add_argument("--peer-shard-subjects", type=int, default=2000,
                         help="subjects per shard of the peer's copy of the corpus (its binning holds a shard in memory)")
