@@ -4,6 +4,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def run_starts(values: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values (none for an empty array).
+
+    >>> run_starts(np.array([4, 4, 1, 1, 1, 4])).tolist()
+    [0, 2, 5]
+    """
+    if not len(values):
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+
+
 def distinct(keys: np.ndarray) -> np.ndarray:
     """The distinct values, sorted.
 
@@ -15,7 +26,7 @@ def distinct(keys: np.ndarray) -> np.ndarray:
     # numpy's stable sort (radix / timsort for integers) beat its default introsort here on random keys (37 vs
     # 48 ms for 419k int64) and on keys in ascending runs, as prepare's are (12-17 vs 33-59 ms)
     ordered = np.sort(keys, kind="stable")
-    return ordered[np.concatenate([[True], ordered[1:] != ordered[:-1]])]
+    return ordered[run_starts(ordered)]
 
 
 def dense_codes(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +74,7 @@ def keep_first(keys: np.ndarray) -> np.ndarray:
         return mask
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
-    mask[order[np.concatenate([[True], ordered[1:] != ordered[:-1]])]] = True
+    mask[order[run_starts(ordered)]] = True
     return mask
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sparseehr.data_pipeline.arrays import distinct, keep_first, pack
+from sparseehr.data_pipeline.arrays import distinct, keep_first, pack, run_starts
 from sparseehr.data_pipeline.harmonize import ORDER, TOKEN, TOKEN_STRING, HarmonizedEvents
 from sparseehr.data_pipeline.readers.common import dictionary_codes
 from sparseehr.data_pipeline.schema import (
@@ -115,8 +115,7 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
     visit_subject = visits[SUBJECT_ID].to_numpy()
     visit_time_us = visits[TIME].cast(pa.int64()).to_numpy()
     # visits are sorted by subject, so each patient is one run of equal subject ids
-    run_start = np.flatnonzero(np.concatenate([[True], visit_subject[1:] != visit_subject[:-1]])) \
-        if len(visit_subject) else np.zeros(0, np.int64)
+    run_start = run_starts(visit_subject)
     patient_ids, patient_first_visit = visit_subject[run_start], run_start
     visits_per_patient = np.diff(np.concatenate([run_start, [len(visit_subject)]]))
     n_patients, n_visits = len(patient_ids), visits.num_rows

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparseehr.demo import DemoConfig
+
 PEER_SYSTEMS = {"meds-eic-ar": "meds-eic-ar"}        # --system -> PyPI distribution
 DEFAULT_PEER_VERSION = "0.5.1"
 HELD_OUT = "held_out"                                 # the peer's split for the targets (never trained on)
@@ -32,16 +34,16 @@ class PeerBenchConfig:
     peer_version: str = DEFAULT_PEER_VERSION
     peer_venv: Path | None = None
     preset: str = "small"
-    max_steps: int = 1000
+    max_steps: int = DemoConfig.max_steps     # the recipe we ship: the demo's steps, ranks and rows
     seq_len: int = 256
-    micro_batch: int = 16
-    ranks: int = 1
+    micro_batch: int = DemoConfig.micro_batch
+    ranks: int = DemoConfig.ranks
     lr: float = 3e-3
     trajectories: int = 20
     step_limit: int = 48
     max_patients: int | None = None
     max_instances: int | None = None
-    generate_batch: int = 40
+    generate_batch: int = 128
     peer_shard_subjects: int = 2000
     min_subjects_per_code: int = 10
     min_events_per_subject: int = 2
@@ -171,12 +173,13 @@ def reshard_by_subject(shard: Path, out_stem: Path, subjects_per_shard: int) -> 
     import numpy as np
     import pyarrow.parquet as pq
 
+    from sparseehr.data_pipeline.arrays import run_starts
+
     table = pq.read_table(shard)
     subject = table.column("subject_id").to_numpy()
-    if len(subject) and np.any(subject[1:] < subject[:-1]):
+    if np.any(subject[1:] < subject[:-1]):
         raise ValueError(f"{shard}: rows are not sorted by subject_id (MEDS shards are); cannot re-shard it")
-    firsts = np.flatnonzero(np.concatenate([[True], subject[1:] != subject[:-1]])) if len(subject) else np.zeros(0, int)
-    cuts = [int(r) for r in firsts[::subjects_per_shard]] + [len(subject)]
+    cuts = [int(r) for r in run_starts(subject)[::subjects_per_shard]] + [len(subject)]
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
     for number, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):

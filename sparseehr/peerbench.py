@@ -25,7 +25,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sparseehr.demo import DemoConfig
 from sparseehr.peer_setup import (
     DEFAULT_PEER_VERSION, HELD_OUT, PeerBenchConfig, TargetInputs, build_peer_inputs, ensure_peer_venv, fresh,
     matched_peer_shape, peer_env, peer_pretrain_overrides, peer_vocabulary_categories, read_trajectories, run_logged,
@@ -49,11 +48,11 @@ def parse_args(argv: list[str] | None) -> PeerBenchConfig:
     parser.add_argument("--peer-venv", type=Path, default=None,
                         help="the peer's own virtual environment (built when absent; default ~/.cache/sparseehr/peer)")
     parser.add_argument("--preset", default="small", help="our model and training preset")
-    parser.add_argument("--max-steps", type=int, default=DemoConfig.max_steps,
-                        help=f"optimizer steps (both systems; default {DemoConfig.max_steps}, the demo's recipe)")
+    parser.add_argument("--max-steps", type=int, default=PeerBenchConfig.max_steps,
+                        help=f"optimizer steps (both systems; default {PeerBenchConfig.max_steps}, the demo's recipe)")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per training row (both systems)")
-    parser.add_argument("--micro-batch", type=int, default=DemoConfig.micro_batch, help="rows per rank per step (ours)")
-    parser.add_argument("--ranks", type=int, default=DemoConfig.ranks,
+    parser.add_argument("--micro-batch", type=int, default=PeerBenchConfig.micro_batch, help="rows per rank per step (ours)")
+    parser.add_argument("--ranks", type=int, default=PeerBenchConfig.ranks,
                         help="our training processes (the demo's 2); the peer's batch is micro-batch x ranks rows")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--trajectories", type=int, default=20, help="N trajectories per instance (>= 20)")
@@ -61,9 +60,9 @@ def parse_args(argv: list[str] | None) -> PeerBenchConfig:
     parser.add_argument("--max-patients", type=int, default=None, help="seeded target patients per split")
     parser.add_argument("--max-instances", type=int, default=None,
                         help="score only the first this many instances of each target (smoke runs)")
-    parser.add_argument("--generate-batch", type=int, default=128,
+    parser.add_argument("--generate-batch", type=int, default=PeerBenchConfig.generate_batch,
                         help="trajectories generated at once by the peer (its N copies of an instance are interleaved)")
-    parser.add_argument("--peer-shard-subjects", type=int, default=2000,
+    parser.add_argument("--peer-shard-subjects", type=int, default=PeerBenchConfig.peer_shard_subjects,
                         help="subjects per shard of the peer's copy of the corpus (its binning holds a shard in memory)")
     parser.add_argument("--min-subjects-per-code", type=int, default=10, help="the peer's vocabulary filter")
     parser.add_argument("--min-events-per-subject", type=int, default=2, help="the peer's subject filter")

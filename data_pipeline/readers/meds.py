@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sparseehr.data_pipeline.arrays import run_starts
 from sparseehr.data_pipeline.errors import PrepareError
 from sparseehr.data_pipeline.partitions import PartitionPlan, PartitionSpill
 from sparseehr.data_pipeline.readers.common import (
@@ -143,7 +144,7 @@ class _ShardScan:
         for name, count in zip(family.take(pa.array(present)).to_pylist(), per_code[present].tolist()):
             self.skipped[name] = self.skipped.get(name, 0) + count
         subject = _cast(path, batch.column(MEDS_SUBJECT), MEDS_SUBJECT).to_numpy(zero_copy_only=False)
-        self.subject_runs.append(subject[np.concatenate([[True], subject[1:] != subject[:-1]])])
+        self.subject_runs.append(subject[run_starts(subject)])
         if not len(rows):
             return rows
         # the batch's kept codes -> this shard's code ids (per distinct code, never per row)
