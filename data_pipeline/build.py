@@ -28,9 +28,10 @@ from sparseehr.data_pipeline.schema import (
     SUBJECT_ID,
 )
 from sparseehr.data_pipeline.partitions import DEFAULT_PATIENTS_PER_PARTITION, default_workers, read_stream
+from sparseehr.data_pipeline.shards import finish_dataset_dict, shard_name, write_shard
 from sparseehr.data_pipeline.splits import assign_splits
 from sparseehr.data_pipeline.timelines import build_timelines
-from sparseehr.data_pipeline.tokenization import tokenize_batch, windows_batch
+from sparseehr.data_pipeline.tokenization import output_schemas, tokenize_batch, windows_batch
 from sparseehr.data_pipeline.vocab import (
     Vocabulary, VocabSettings, merge_counts, training_counts, vocabulary_from_counts,
 )
@@ -197,22 +198,25 @@ def _write_stream(table: pa.Table, path: Path) -> None:
         writer.write_table(table)
 
 
-def _tokenize_partition(job: tuple) -> np.ndarray:
-    """Tokenize one partition's staging table (tokens as strings) into patients and windows files per split, in
-    batches of `batch_size` patients; returns the token count of each patient."""
-    staging_path, split, vocab, max_len, batch_size, out_prefix = job
+def _tokenize_partition(job: tuple) -> tuple[np.ndarray, dict[str, int]]:
+    """Tokenize one partition's staging table (tokens as strings), in batches of `batch_size` patients, into
+    shard `index` of `shards` of each split's patients and windows datasets under `out`; returns the token count
+    of each patient and the windows of each split."""
+    staging_path, split, vocab, max_len, batch_size, out, index, shards = job
     staging = read_stream(staging_path)
-    lengths = []
-    for index, name in enumerate(SPLITS):
-        part = staging.filter(pa.array(split == index))
+    patients_schema, windows_schema = output_schemas(len(vocab))
+    lengths, windows_per_split = [], {}
+    for split_index, name in enumerate(SPLITS):
+        part = staging.filter(pa.array(split == split_index))
         patients = [tokenize_batch(part.slice(start, batch_size), vocab)
                     for start in range(0, max(part.num_rows, 1), batch_size)]
         windows = [windows_batch(batch, max_len) for batch in patients]
         patients, windows = pa.concat_tables(patients), pa.concat_tables(windows)
-        _write_stream(patients, Path(f"{out_prefix}-patients-{name}.arrow"))
-        _write_stream(windows, Path(f"{out_prefix}-windows-{name}.arrow"))
+        write_shard(patients, out / DATA_PATIENTS_DIR / name / shard_name(index, shards), patients_schema)
+        write_shard(windows, out / DATA_WINDOWS_DIR / name / shard_name(index, shards), windows_schema)
         lengths.append(np.diff(patients[COL_INPUT_IDS].combine_chunks().offsets.to_numpy()))
-    return np.concatenate(lengths)
+        windows_per_split[name] = windows.num_rows
+    return np.concatenate(lengths), windows_per_split
 
 
 # What forked workers need for the first pass: set in the parent just before the pool forks, inherited by the
@@ -265,18 +269,10 @@ class _PartitionWorkers:
             self.pool = None
 
 
-def _concatenate(paths: list[Path]):
-    import datasets
-
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in paths])
-
-
 def _background_setup(settings: HarmonizationSettings) -> None:
-    """What prepare needs later and can get while the reader works: `datasets` (seconds to import, needed only to
-    write the output) and the harmonization tables (the procedure GEM's SQLite read alone is ~0.9 s). Loaded here,
-    before the workers fork, the tables are inherited by every worker instead of loaded once per worker."""
-    import datasets  # noqa: F401
-
+    """What prepare needs later and can get while the reader works: the harmonization tables (the procedure
+    GEM's read is ~0.2 s). Loaded here, before the workers fork, the tables are inherited by every worker instead
+    of loaded once per worker. (prepare does not import `datasets`: shards.py writes its layout directly.)"""
     from sparseehr.data_pipeline.gems import load_dx_gem, load_px_gem
     from sparseehr.data_pipeline.harmonize import icd10cm_categories
 
@@ -364,25 +360,22 @@ def prepare(config: PrepareConfig) -> dict:
         step_done("vocabulary")
 
         steps.set_postfix_str("tokenize")
-        import datasets
-
-        if not config.progress:
-            datasets.disable_progress_bars()
-        jobs = [(path, split, vocab, config.max_len, config.batch_size, str(work / f"tokens-{p:05d}"))
+        for folder in (DATA_PATIENTS_DIR, DATA_WINDOWS_DIR):
+            for name in SPLITS:
+                (tmp / folder / name).mkdir(parents=True)
+        jobs = [(path, split, vocab, config.max_len, config.batch_size, tmp, p, len(staging_paths))
                 for p, (path, split) in enumerate(zip(staging_paths, partition_splits))]
-        lengths = np.concatenate(workers.map(_tokenize_partition, jobs)) if jobs else np.zeros(0, np.int64)
+        tokenized = workers.map(_tokenize_partition, jobs)
+        lengths = np.concatenate([n for n, _ in tokenized]) if jobs else np.zeros(0, np.int64)
         workers.close()
         for path in staging_paths:
             path.unlink()
         step_done("tokenize")
 
         steps.set_postfix_str("save")
-        for kind, folder in (("patients", DATA_PATIENTS_DIR), ("windows", DATA_WINDOWS_DIR)):
-            parts = {name: _concatenate([Path(f"{job[-1]}-{kind}-{name}.arrow") for job in jobs]) for name in SPLITS}
-            datasets.DatasetDict(parts).save_to_disk(str(tmp / folder))
-            if kind == "windows":
-                window_counts = {name: len(d) for name, d in parts.items()}
-            del parts
+        for folder in (DATA_PATIENTS_DIR, DATA_WINDOWS_DIR):
+            finish_dataset_dict(tmp / folder, SPLITS, len(jobs))
+        window_counts = {name: sum(w[name] for _, w in tokenized) for name in SPLITS}
         vocab.save_tokenizer(tmp / DATA_TOKENIZER_DIR, config.max_len)
         harmonization = settings_record(config.harmonization)
         (tmp / HARMONIZATION_FILE).write_text(json.dumps(harmonization, indent=2, sort_keys=True))

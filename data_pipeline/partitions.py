@@ -82,10 +82,14 @@ class PartitionSpill:
         if len(self.plan) == 1:
             self._writers[kind, 0].write_table(table)
             return
-        # one stable sort by partition, then zero-copy slices: each partition's rows keep their order
-        order = np.argsort(part, kind="stable")
-        bounds = np.searchsorted(part[order], np.arange(len(self.plan) + 1))
-        ordered = table.take(pa.array(order))
+        # one stable sort by partition, then zero-copy slices: each partition's rows keep their order. Tables
+        # sorted by subject (MIMIC-IV's are) are already in partition order: no sort, no copy.
+        if (part[1:] >= part[:-1]).all():
+            ordered, sorted_part = table, part
+        else:
+            order = np.argsort(part, kind="stable")
+            ordered, sorted_part = table.take(pa.array(order)), part[order]
+        bounds = np.searchsorted(sorted_part, np.arange(len(self.plan) + 1))
         for p in np.flatnonzero(np.diff(bounds)):
             self._writers[kind, int(p)].write_table(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]))
 

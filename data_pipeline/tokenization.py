@@ -40,6 +40,16 @@ def token_id_type(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= 1 << 16 else np.int32
 
 
+def output_schemas(vocab_size: int) -> tuple[pa.Schema, pa.Schema]:
+    """(patients, windows) schemas of DATA_DIR for a vocabulary of `vocab_size` tokens (see schema.py)."""
+    ids = pa.list_(pa.from_numpy_dtype(token_id_type(vocab_size)))
+    patients = pa.schema([(SUBJECT_ID, pa.int64()), (COL_INPUT_IDS, ids), (COL_PREFIX_LEN, pa.int32()),
+                          (COL_VISIT_OFFSETS, pa.list_(pa.int32())), (COL_VISIT_TIMES, pa.list_(pa.int64())),
+                          (COL_VISIT_DX_CODES, pa.list_(pa.list_(pa.string())))])
+    windows = pa.schema([(SUBJECT_ID, pa.int64()), (COL_WINDOW_INDEX, pa.int32()), (COL_INPUT_IDS, ids)])
+    return patients, windows
+
+
 def tokenize_batch(batch: pa.Table, vocab: Vocabulary) -> pa.Table:
     """Staging rows (strings) -> SUBJECT_ID, input_ids (token_id_type), prefix_len, visit_offsets, visit_times,
     visit_dx_codes."""

@@ -12,7 +12,7 @@ from test_data_meds import demo_to_meds
 from sparseehr.data_pipeline import datadir
 from sparseehr.data_pipeline.cli import main
 from sparseehr.data_pipeline.partitions import PartitionPlan
-from sparseehr.data_pipeline.readers import common
+from sparseehr.data_pipeline.readers import streaming
 from sparseehr.data_pipeline.schema import SPLITS
 
 # report fields that describe the run, not the data
@@ -42,8 +42,9 @@ def _assert_same(a, b) -> None:
 @pytest.fixture
 def tiny_blocks(monkeypatch):
     """CSV tables streamed in 4 KiB blocks (the demo's diagnoses become ~60 blocks), parquet in 50-row batches."""
-    monkeypatch.setattr(common, "STREAM_BLOCK_BYTES", 4096)
-    monkeypatch.setattr(common, "STREAM_ROWS", 50)
+    monkeypatch.setattr(streaming, "CSV_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(streaming, "CSV_PARSE_BLOCK_BYTES", 1024)
+    monkeypatch.setattr(streaming, "STREAM_ROWS", 50)
 
 
 @pytest.fixture(scope="module")

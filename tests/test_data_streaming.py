@@ -1,0 +1,88 @@
+"""TableStream: CSV read in record-aligned chunks by a read-ahead thread gives what one whole-file read gives."""
+from __future__ import annotations
+
+import gzip
+import threading
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from sparseehr.data_pipeline.errors import PrepareError
+from sparseehr.data_pipeline.readers import common, streaming
+from sparseehr.data_pipeline.readers.streaming import TableStream, last_record_end
+
+COLUMNS = {"subject_id": pa.int64(), "note": pa.string(), "seq_num": pa.int64()}
+
+
+def _write(path, rows: list[str]) -> None:
+    text = "subject_id,note,seq_num,unused\n" + "".join(rows)
+    with gzip.open(path, "wt", newline="") as handle:
+        handle.write(text)
+
+
+# quoted fields holding newlines, commas and doubled quotes, a CRLF line and a last line without a newline
+ROWS = [f'{i},"line one\nline ""two"", {i}",{i % 3},x\n' if i % 4 == 0 else f"{i},plain {i},{i % 3},y\r\n"
+        for i in range(40)] + ['99,"tail, no newline",1,z']
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    monkeypatch.setattr(streaming, "CSV_CHUNK_BYTES", 11)
+    monkeypatch.setattr(streaming, "CSV_PARSE_BLOCK_BYTES", 16)
+
+
+def _streamed(path) -> tuple[pa.Table, list[int]]:
+    blocks = list(TableStream(path, COLUMNS, read_ahead=3))
+    return pa.concat_tables([b for _, b in blocks]), [offset for offset, _ in blocks]
+
+
+def _reference(path) -> pa.Table:
+    convert = pacsv.ConvertOptions(include_columns=list(COLUMNS), column_types=COLUMNS)
+    return pacsv.read_csv(path, convert_options=convert)
+
+
+@pytest.mark.parametrize("isal", [True, False])
+def test_chunks_split_only_between_records(tmp_path, tiny_chunks, monkeypatch, isal):
+    if not isal:
+        monkeypatch.setattr(common, "igzip", None)   # the zlib fallback decodes the same bytes
+    path = tmp_path / "t.csv.gz"
+    _write(path, ROWS)
+    table, offsets = _streamed(path)
+    assert table.to_pylist() == _reference(path).to_pylist()
+    assert table.num_rows == 41 and table["note"][4].as_py() == 'line one\nline "two", 4'
+    assert len(offsets) > 10 and offsets == sorted(offsets) and offsets[0] == 0
+
+
+def test_last_record_end():
+    assert last_record_end(b'1,"a\nb"\n2,"c\n') == 8     # the second newline is inside an open quote
+    assert last_record_end(b'1,"a\nb') == 0
+    assert last_record_end(b'1,""\n2,x') == 5            # an empty quoted field
+
+
+def test_a_bad_value_in_a_late_chunk_names_its_row(tmp_path, tiny_chunks):
+    path = tmp_path / "bad.csv.gz"
+    rows = [f"{i},n,{i},u\n" for i in range(30)]
+    rows[23] = "23,n,twenty,u\n"
+    _write(path, rows)
+    with pytest.raises(PrepareError) as error:
+        _streamed(path)
+    assert "twenty" in str(error.value) and "seq_num" in str(error.value) and "25" in str(error.value)
+
+
+def test_a_missing_column_is_raised_when_the_stream_is_read(tmp_path):
+    path = tmp_path / "short.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("subject_id,note\n1,a\n")
+    stream = TableStream(path, COLUMNS)       # opening starts the decode; the error waits for the consumer
+    with pytest.raises(PrepareError, match="seq_num"):
+        list(stream)
+
+
+def test_closing_an_unread_stream_stops_its_thread(tmp_path, tiny_chunks):
+    path = tmp_path / "t.csv.gz"
+    _write(path, ROWS * 20)
+    before = threading.active_count()
+    stream = TableStream(path, COLUMNS, read_ahead=1)   # its producer fills the queue and waits
+    stream.close()
+    assert threading.active_count() == before
