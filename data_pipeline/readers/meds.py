@@ -11,14 +11,16 @@ total under `meds_rows_not_tokenized`.
 Streaming: each shard is read batch by batch with its `code` column dictionary-encoded, so the keep/skip
 decision runs once per distinct code of a batch (a few thousand) and rows are filtered by integer index; only
 the kept rows (diagnoses, procedures, demographics, admissions: a few percent of a MEDS data set with event
-tables) are held, so memory does not grow with the lab/vital/medication rows.
+tables) are held, so memory does not grow with the lab/vital/medication rows. Each shard is scanned and turned
+into events and visit candidates by one worker thread, shards side by side (measured in docs/data.md).
 
 Visits: rows with a non-null `hadm_id` (when that column exists) form one visit per hadm_id; the other timed rows
 form one visit per calendar day. A visit starts at its HOSPITAL_ADMISSION row when it has one (MIMIC-MEDS puts
 diagnoses at discharge), else at its earliest row. A discharge row without hadm_id defines no visit.
 Recorded order within a visit is the row order of the data (files in sorted path order), or a `seq_num` column.
-A subject whose rows sit in several shards (MEDS asks for one shard per subject) is read as one subject: the
-kept rows of all shards are grouped together, so the result does not depend on how subjects were sharded.
+A subject whose rows sit in several shards (MEDS asks for one shard per subject) is read as one subject: its
+visit candidates are grouped again across shards and its events concatenate in file order, so the result does
+not depend on how subjects were sharded.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sparseehr.data_pipeline.arrays import run_starts
+from sparseehr.data_pipeline.arrays import distinct, run_starts
 from sparseehr.data_pipeline.errors import PrepareError
 from sparseehr.data_pipeline.partitions import PartitionPlan, PartitionSpill
 from sparseehr.data_pipeline.readers.common import (
@@ -109,11 +111,13 @@ class _ShardScan:
         self.subject_runs: list[np.ndarray] = []
         self.rows = self.kept = 0
 
-    def scan(self, stop_at_kept: int | None = None) -> "_ShardScan | int":
-        """Scan the shard; with `stop_at_kept` k, return instead the file row of its k-th kept row (errors)."""
+    def scan(self, stop_at_kept: int | None = None, decode_threads: bool = True) -> "_ShardScan | int":
+        """Scan the shard; with `stop_at_kept` k, return instead the file row of its k-th kept row (errors).
+        decode_threads: let pyarrow decode the columns in its own threads (off when shards already run in
+        parallel: on 2 cores, 2 shards at once without them took 2.4 s against 2.9-3.7 s with them)."""
         shard, names = _open_shard(self.path)
         try:
-            for batch in shard.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=names):
+            for batch in shard.iter_batches(batch_size=STREAM_BATCH_ROWS, columns=names, use_threads=decode_threads):
                 rows = self._batch(names, batch, locate=stop_at_kept is not None)
                 if stop_at_kept is not None and stop_at_kept < self.kept + len(rows):
                     return self.rows + int(rows[stop_at_kept - self.kept])
@@ -184,38 +188,30 @@ def _code_ids(known: pa.Array, distinct: pa.Array) -> tuple[np.ndarray, pa.Array
     return ids, pa.concat_arrays([known, distinct.filter(new)]) if is_new.any() else known
 
 
-def _scan_shards(files: list[Path]) -> list[_ShardScan]:
-    """Scan every shard, several at once: parquet decoding and the arrow kernels release the GIL, and each
-    worker holds one batch at a time. Results (and the first error) come back in file order."""
-    workers = max(1, min(SCAN_WORKERS, os.cpu_count() or 1, len(files)))
+def _map_shards(function, files: list[Path]) -> list:
+    """`function(path, decode_threads)` of every shard, several shards at once: parquet decoding and the arrow and
+    numpy kernels release the GIL, and each worker holds one batch (then one shard's kept rows) at a time. Results
+    (and the first error) come back in file order."""
+    cores = os.cpu_count() or 1
+    workers = max(1, min(SCAN_WORKERS, cores, len(files)))
+    decode_threads = workers < cores
     if workers == 1:
-        return [_ShardScan(path).scan() for path in files]
+        return [function(path, decode_threads) for path in files]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda path: _ShardScan(path).scan(), files))
+        return list(pool.map(lambda path: function(path, decode_threads), files))
 
 
-def _kept_columns(scans: list[_ShardScan]) -> tuple[dict[str, pa.Array], pa.Array]:
-    """The kept rows of all shards as contiguous columns (code as int64 ids into the returned code list),
-    built one column at a time so the per-batch pieces are freed as they are joined."""
-    codes = pa.array([], pa.string())
-    remaps = []
-    for scan in scans:
-        ids, codes = _code_ids(codes, scan.codes)
-        remaps.append(ids.astype(np.int64))
-        scan.codes = None
+def _kept_columns(scan: _ShardScan) -> tuple[dict, pa.Array]:
+    """One shard's kept rows as contiguous columns (code as int64 ids into the shard's kept code list)."""
     columns = {}
     for name, target in WANTED_COLUMNS.items():
-        pieces = []
-        for scan, remap in zip(scans, remaps):
-            parts, scan.columns[name] = scan.columns[name], []
-            if name == MEDS_CODE:
-                parts = [remap[np.concatenate([p.to_numpy() for p in parts])]] if parts else []
-            pieces += parts
+        parts, scan.columns[name] = scan.columns[name], []
         if name == MEDS_CODE:
-            columns[name] = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+            columns[name] = np.concatenate([p.to_numpy() for p in parts]).astype(np.int64) if parts else \
+                np.zeros(0, np.int64)
         else:
-            columns[name] = pa.concat_arrays(pieces) if pieces else pa.array([], target)
-    return columns, codes
+            columns[name] = pa.concat_arrays(parts) if parts else pa.array([], target)
+    return columns, scan.codes
 
 
 def _read_splits(root: Path) -> pa.Table | None:
@@ -254,26 +250,27 @@ def _unique_split_rows(path: Path, splits: pa.Table) -> pa.Table:
 
 
 
-def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawRecords:
-    """Read a MEDS v0.4 data set into partitioned events + visits (spilled under `work`)."""
+class _ShardEvents:
+    """One shard, converted: its event tables (in event order), visit candidates grouped per (subject, visit)
+    with their earliest time and earliest admission time, and the counts the report needs."""
 
-    root = Path(root)
-    if not root.is_dir():
-        raise PrepareError(root, "MEDS folder does not exist")
-    files = _data_files(root)
-    scans = _scan_shards(files)
-    rows_read = {str(scan.path.relative_to(root)): scan.rows for scan in scans}
-    if not sum(rows_read.values()):
-        raise PrepareError(root / meds.data_subdirectory, "the MEDS data files hold no rows")
-    skipped: dict[str, int] = {}
-    for scan in scans:
-        for family, count in scan.skipped.items():
-            skipped[family] = skipped.get(family, 0) + count
-    skipped = dict(sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
-    subjects = pa.array(np.unique(np.concatenate([run for scan in scans for run in scan.subject_runs])), pa.int64())
-    kept_starts = np.cumsum([0] + [scan.kept for scan in scans])
-    data, distinct_codes = _kept_columns(scans)
-    del scans
+    def __init__(self, scan: _ShardScan) -> None:
+        self.path, self.rows, self.skipped = scan.path, scan.rows, scan.skipped
+        self.subjects = np.concatenate(scan.subject_runs) if scan.subject_runs else np.zeros(0, np.int64)
+        self.parts: list[pa.Table] = []
+        self.visits: pa.Table | None = None
+        self.dropped: dict[str, int] = {}
+        self.not_tokenized = 0
+
+
+def _convert_shard(path: Path, decode_threads: bool = True) -> _ShardEvents:
+    """Scan one shard and turn its kept rows into events and visit candidates. Per shard, so shards convert in
+    parallel and no step holds every shard's rows at once; a subject spread over shards is joined afterwards
+    (visit candidates are grouped again across shards, events concatenate in file order)."""
+    scan = _ShardScan(path).scan(decode_threads=decode_threads)
+    result = _ShardEvents(scan)
+    data, distinct_codes = _kept_columns(scan)
+    del scan
     # Codes repeat massively (millions of rows, thousands of distinct codes): the scan already gave each row the
     # id of its distinct code, so each distinct code is classified and parsed once and rows are indexed by id.
     code_index = data[MEDS_CODE]
@@ -281,7 +278,7 @@ def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawR
     subject, time = data[MEDS_SUBJECT], data[MEDS_TIME]
     has_time = pc.is_valid(time).to_numpy(zero_copy_only=False)
     handled = np.zeros(n_rows, bool)
-    dropped: dict[str, int] = {}
+    dropped = result.dropped
 
     def code_of(index: int) -> str:
         return distinct_codes[int(code_index[index])].as_py()
@@ -290,9 +287,8 @@ def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawR
         return pc.starts_with(distinct_codes, prefix).to_numpy(zero_copy_only=False)[code_index]
 
     def locate(index: int) -> tuple[Path, int]:
-        """File and row of the index-th kept row (slow path, for error messages: scans that shard again)."""
-        number = int(np.searchsorted(kept_starts, index, side="right")) - 1
-        return files[number], _ShardScan(files[number]).scan(stop_at_kept=int(index - kept_starts[number]))
+        """File and row of the index-th kept row (slow path, for error messages: scans the shard again)."""
+        return path, _ShardScan(path).scan(stop_at_kept=int(index))
 
     # ---- visits: hadm_id when present, else calendar day; start at the admission row if any ----
     is_admission, is_discharge = mask_prefix(ADMISSION_PREFIX), mask_prefix(DISCHARGE_PREFIX)
@@ -314,15 +310,15 @@ def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawR
         row_code = code_index[rows]
         bad = first_false(pc.is_valid(parsed).to_numpy(zero_copy_only=False)[row_code])
         if bad is not None:
-            path, row = locate(rows[bad])
-            raise PrepareError(path, f"malformed ICD code {code_of(rows[bad])!r} (expected "
+            where, row = locate(rows[bad])
+            raise PrepareError(where, f"malformed ICD code {code_of(rows[bad])!r} (expected "
                                      f"{ICD_PREFIXES[kind]}<9|10>//<code>)", column=MEDS_CODE, row=row)
         version = pc.fill_null(parsed.field("version"), "")
         known = pc.is_in(version, value_set=pa.array(["9", "10"])).to_numpy(zero_copy_only=False)
         bad = first_false(known[row_code])
         if bad is not None:
-            path, row = locate(rows[bad])
-            raise PrepareError(path, f"unknown ICD version {version[row_code[bad]].as_py()!r} in "
+            where, row = locate(rows[bad])
+            raise PrepareError(where, f"unknown ICD version {version[row_code[bad]].as_py()!r} in "
                                      f"{code_of(rows[bad])!r} (expected 9 or 10)", column=MEDS_CODE, row=row)
         is_nine = pc.equal(version, "9").to_numpy(zero_copy_only=False)
         kinds[kind] = (rows, np.where(is_nine[row_code], 0, 1).astype(np.int8),
@@ -354,11 +350,7 @@ def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawR
                             "t": pa.array(time_us[visit_rows], pa.int64()),
                             "t_adm": pa.array(np.where(is_admission[visit_rows], time_us[visit_rows],
                                                        np.iinfo(np.int64).max), pa.int64())})
-    grouped = visit_table.group_by([SUBJECT_ID, VISIT_ID]).aggregate([("t", "min"), ("t_adm", "min")])
-    adm_min = grouped["t_adm_min"].to_numpy()
-    start = np.where(adm_min != np.iinfo(np.int64).max, adm_min, grouped["t_min"].to_numpy())
-    visits = pa.Table.from_arrays([grouped[SUBJECT_ID], grouped[VISIT_ID], pa.array(start, pa.int64()).cast(TIME_TYPE)],
-                                  schema=VISITS_SCHEMA)
+    result.visits = _group_visits(visit_table)
 
     # ---- demographics ----
     birth = np.flatnonzero(pc.equal(distinct_codes, BIRTH_CODE).to_numpy(zero_copy_only=False)[code_index] & has_time)
@@ -372,13 +364,63 @@ def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawR
         handled[rows] = True
         values = pc.utf8_slice_codeunits(distinct_codes.take(pa.array(code_index[rows])), len(prefix))
         parts.insert(1, make_events(subject.take(pa.array(rows)), None, None, KIND_DEMOGRAPHIC, system, values))
-    dropped["meds_rows_not_tokenized"] = int((~handled).sum()) + sum(skipped.values())
-    del data, code_index, handled
+    result.not_tokenized = int((~handled).sum()) + sum(result.skipped.values())
+    result.parts = parts
+    return result
+
+
+def _group_visits(candidates: pa.Table) -> pa.Table:
+    """Visit candidates (subject, visit id, time t, admission time t_adm) -> one row per (subject, visit) with the
+    earliest of each time."""
+    grouped = candidates.group_by([SUBJECT_ID, VISIT_ID]).aggregate([("t", "min"), ("t_adm", "min")])
+    return grouped.select([SUBJECT_ID, VISIT_ID, "t_min", "t_adm_min"]).rename_columns(
+        [SUBJECT_ID, VISIT_ID, "t", "t_adm"])
+
+
+def _visits(shards: list[_ShardEvents]) -> pa.Table:
+    """One row per (subject, visit): it starts at its earliest admission row, else at its earliest row. Grouped
+    again across shards, so a subject whose rows sit in two shards gets the visits one shard would give."""
+    candidates = pa.concat_tables([shard.visits for shard in shards])
+    for shard in shards:
+        shard.visits = None
+    if len(shards) > 1:
+        candidates = _group_visits(candidates)
+    adm_min = candidates["t_adm"].to_numpy()
+    start = np.where(adm_min != np.iinfo(np.int64).max, adm_min, candidates["t"].to_numpy())
+    return pa.Table.from_arrays([candidates[SUBJECT_ID], candidates[VISIT_ID],
+                                 pa.array(start, pa.int64()).cast(TIME_TYPE)], schema=VISITS_SCHEMA)
+
+
+def read_meds(root: str | Path, work: Path, patients_per_partition: int) -> RawRecords:
+    """Read a MEDS v0.4 data set into partitioned events + visits (spilled under `work`)."""
+
+    root = Path(root)
+    if not root.is_dir():
+        raise PrepareError(root, "MEDS folder does not exist")
+    files = _data_files(root)
+    shards = _map_shards(_convert_shard, files)
+    rows_read = {str(shard.path.relative_to(root)): shard.rows for shard in shards}
+    if not sum(rows_read.values()):
+        raise PrepareError(root / meds.data_subdirectory, "the MEDS data files hold no rows")
+    skipped: dict[str, int] = {}
+    dropped: dict[str, int] = {"meds_rows_not_tokenized": 0}
+    for shard in shards:
+        for family, count in shard.skipped.items():
+            skipped[family] = skipped.get(family, 0) + count
+        for reason, count in shard.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        dropped["meds_rows_not_tokenized"] += shard.not_tokenized
+    skipped = dict(sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    subjects = pa.array(distinct(np.concatenate([shard.subjects for shard in shards])), pa.int64())
+    visits = _visits(shards)
     spill = PartitionSpill(work, PartitionPlan.from_subjects(visits[SUBJECT_ID].to_numpy(), patients_per_partition),
                            EVENTS_SCHEMA, VISITS_SCHEMA)
     try:
-        while parts:   # in event order; each part is freed once spilled
-            spill.write_events(parts.pop(0))
+        # in file order, each shard's parts in event order; each part is freed once spilled. A shard is sorted by
+        # subject, so each part is too and goes to its partitions without a sort.
+        for shard in shards:
+            while shard.parts:
+                spill.write_events(shard.parts.pop(0))
         spill.write_visits(visits)
     finally:
         spill.close()
