@@ -162,7 +162,7 @@ def _visit_summary(staging: pa.Table, max_len: int) -> dict[str, int]:
 
 def _first_pass(records: RawRecords, p: int, config: PrepareConfig, policy_cache: dict, splits: _SourceSplits,
                 staging_path: Path) -> dict:
-    """Harmonize and build the timelines of partition p; write its staging table (token strings) to
+    """Harmonize and build the timelines of partition p; write its staging table (visit codes as token-table ids) to
     `staging_path` and return what the later steps need: counts, split, vocabulary and diagnosis counts."""
     clock = time.perf_counter()
     events, visits = records.partitions.load(p)
@@ -179,12 +179,14 @@ def _first_pass(records: RawRecords, p: int, config: PrepareConfig, policy_cache
     split, from_source = splits(staging[SUBJECT_ID].to_numpy())
     region, codes = training_counts(timelines.event_patient, timelines.event_token, timelines.token_strings,
                                     timelines.region_tokens, split == 0)
+    token_strings = timelines.token_strings
     del timelines
     train_dx = staging.filter(pa.array(split == 0))[COL_VISIT_DX_CODES].combine_chunks().flatten().flatten()
     dx_values = pc.value_counts(train_dx)
     _write_stream(staging, staging_path)
     result = {"counts": counts, "dropped": dropped, "summary": _visit_summary(staging, config.max_len),
               "split": split, "split_from_source": from_source, "region": region, "codes": codes,
+              "token_strings": token_strings,
               "dx": pa.table({"code": dx_values.field("values"), "count": dx_values.field("counts")})}
     del staging
     pa.default_memory_pool().release_unused()
@@ -199,16 +201,17 @@ def _write_stream(table: pa.Table, path: Path) -> None:
 
 
 def _tokenize_partition(job: tuple) -> tuple[np.ndarray, dict[str, int]]:
-    """Tokenize one partition's staging table (tokens as strings), in batches of `batch_size` patients, into
+    """Tokenize one partition's staging table (visit codes as rows of token_strings), in batches of `batch_size` patients, into
     shard `index` of `shards` of each split's patients and windows datasets under `out`; returns the token count
     of each patient and the windows of each split."""
-    staging_path, split, vocab, max_len, batch_size, out, index, shards = job
+    staging_path, token_strings, split, vocab, max_len, batch_size, out, index, shards = job
     staging = read_stream(staging_path)
+    code_ids_of = vocab.encode(token_strings)   # once per distinct token of the partition
     patients_schema, windows_schema = output_schemas(len(vocab))
     lengths, windows_per_split = [], {}
     for split_index, name in enumerate(SPLITS):
         part = staging.filter(pa.array(split == split_index))
-        patients = [tokenize_batch(part.slice(start, batch_size), vocab)
+        patients = [tokenize_batch(part.slice(start, batch_size), vocab, code_ids_of)
                     for start in range(0, max(part.num_rows, 1), batch_size)]
         windows = [windows_batch(batch, max_len) for batch in patients]
         patients, windows = pa.concat_tables(patients), pa.concat_tables(windows)
@@ -225,7 +228,7 @@ _FIRST_PASS_STATE: dict = {}
 
 
 def _staging_path(work: Path, p: int) -> Path:
-    """Partition p's staging table (token strings), written by the first pass and read by tokenize."""
+    """Partition p's staging table, written by the first pass and read by tokenize."""
     return work / f"staging-{p:05d}.arrow"
 
 
@@ -319,10 +322,11 @@ def prepare(config: PrepareConfig) -> dict:
         events_read = int(sum(records.rows_read.values()))
         step_done("read")
 
-        # ---- per partition: harmonize, timelines, split, training counts; staging (strings) to disk ----
+        # ---- per partition: harmonize, timelines, split, training counts; staging to disk ----
         splits, policy_cache = _SourceSplits(records, config), {}
         counts, dropped, summary = {}, dict(records.dropped), {}
         region_counts, code_token_counts, dx_counts, partition_splits, staging_paths = [], [], [], [], []
+        partition_tokens = []
         steps.set_postfix_str(f"harmonize + timelines, {len(records.partitions)} partitions")
 
         # Fork only once no thread of ours runs: the background set-up (started above, needed anyway) must not hold
@@ -345,6 +349,7 @@ def prepare(config: PrepareConfig) -> dict:
             code_token_counts.append(result["codes"])
             dx_counts.append(result["dx"])
             partition_splits.append(result["split"])
+            partition_tokens.append(result["token_strings"])
             staging_paths.append(_staging_path(work, p))
         del results
         step_done("partitions", advance=False)
@@ -363,8 +368,8 @@ def prepare(config: PrepareConfig) -> dict:
         for folder in (DATA_PATIENTS_DIR, DATA_WINDOWS_DIR):
             for name in SPLITS:
                 (tmp / folder / name).mkdir(parents=True)
-        jobs = [(path, split, vocab, config.max_len, config.batch_size, tmp, p, len(staging_paths))
-                for p, (path, split) in enumerate(zip(staging_paths, partition_splits))]
+        jobs = [(path, tokens, split, vocab, config.max_len, config.batch_size, tmp, p, len(staging_paths))
+                for p, (path, tokens, split) in enumerate(zip(staging_paths, partition_tokens, partition_splits))]
         tokenized = workers.map(_tokenize_partition, jobs)
         lengths = np.concatenate([n for n, _ in tokenized]) if jobs else np.zeros(0, np.int64)
         workers.close()

@@ -1,6 +1,7 @@
-"""Events -> per-patient typed-token timelines (strings), vectorised with arrow/numpy.
+"""Events -> per-patient typed-token timelines, vectorised with arrow/numpy.
 
-Layout of one patient's timeline (the token ids are assembled later, in tokenize.py):
+Layout of one patient's timeline (the vocabulary's ids are assembled later, in tokenization.py; here visit codes
+are ids into the partition's own token table, `Timelines.token_strings`, and the prefix is strings):
     <bos> AGE:<bucket at first visit> SEX:<F|M|<unk>> [REGION:<name>]
     then per visit, in time order:  GAP:<bin since previous visit> VISIT:open DX:.. PX:.. CPT:.. VISIT:close
     <eor>
@@ -60,7 +61,8 @@ def age_tokens(age_years: np.ndarray) -> pa.Array:
 class Timelines:
     """Per-patient staging table (strings) and the per-event arrays the vocabulary and code counts need."""
 
-    table: pa.Table                 # subject_id, prefix_tokens, visit_times, visit_tokens, visit_dx_codes
+    table: pa.Table                 # subject_id, prefix_tokens, visit_times, visit_tokens (int32 rows of
+                                    # token_strings), visit_dx_codes
     event_patient: np.ndarray       # patient row of each kept code event
     event_token: np.ndarray         # its token id, a row of token_strings
     token_strings: pa.Array         # distinct token strings (e.g. DX:E11)
@@ -148,7 +150,8 @@ def build_timelines(harmonized: HarmonizedEvents, visits: pa.Table) -> Timelines
     counts["duplicate_codes_in_visit_collapsed"] = int(len(order) - keep.sum())
     token_id, event_visit, event_kind = token_id[keep], event_visit[keep], event_kind[keep]
     token_strings = harmonized.tokens[TOKEN_STRING].combine_chunks()
-    tokens = token_strings.take(pa.array(token_id))
+    # ids, not strings: tokenize maps each distinct token to the vocabulary once instead of every occurrence
+    tokens = pa.array(token_id.astype(np.int32))
 
     visit_token_offsets = np.concatenate([[0], np.cumsum(np.bincount(event_visit, minlength=n_visits))])
     visit_tokens = pa.ListArray.from_arrays(pa.array(visit_token_offsets.astype(np.int32)), tokens)

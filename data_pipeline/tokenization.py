@@ -50,16 +50,17 @@ def output_schemas(vocab_size: int) -> tuple[pa.Schema, pa.Schema]:
     return patients, windows
 
 
-def tokenize_batch(batch: pa.Table, vocab: Vocabulary) -> pa.Table:
-    """Staging rows (strings) -> SUBJECT_ID, input_ids (token_id_type), prefix_len, visit_offsets, visit_times,
-    visit_dx_codes."""
+def tokenize_batch(batch: pa.Table, vocab: Vocabulary, code_ids_of: np.ndarray) -> pa.Table:
+    """Staging rows -> SUBJECT_ID, input_ids (token_id_type), prefix_len, visit_offsets, visit_times,
+    visit_dx_codes. Visit codes in the staging rows are rows of their partition's token table, `code_ids_of`
+    the vocabulary id of each (`vocab.encode(token_strings)`); the prefix is token strings."""
     prefix = batch[COL_PREFIX_TOKENS].combine_chunks()
-    visits = batch[COL_VISIT_TOKENS].combine_chunks()      # list<list<string>>: patient -> visit -> tokens
+    visits = batch[COL_VISIT_TOKENS].combine_chunks()      # list<list<int32>>: patient -> visit -> token rows
     times = batch[COL_VISIT_TIMES].combine_chunks()
     patient_visits = _offsets(visits)                       # [P + 1] visit offsets per patient
     visit_codes = _offsets(visits.flatten())                # [V + 1] code offsets per visit
     prefix_ids = vocab.encode(prefix.flatten())
-    code_ids = vocab.encode(visits.flatten().flatten())
+    code_ids = code_ids_of[visits.flatten().flatten().to_numpy()]
     n_patients, n_visits = len(batch), len(visit_codes) - 1
 
     n_prefix = np.diff(_offsets(prefix))
