@@ -119,6 +119,30 @@ def run_prepare(source: Path, out: Path, num_proc: int | None, kind: str = "mimi
     return result
 
 
+def compare_decoders(hosp: Path, work: Path, repeats: int) -> dict:
+    """The MIMIC reader (read + spill, in this process) with gzip decoded by ISA-L and by zlib (the fallback when
+    the isal package is missing), alternating, so both see the same machine load; medians in seconds."""
+    from sparseehr.data_pipeline.readers import common
+    from sparseehr.data_pipeline.readers.mimic import read_mimic
+
+    isal, seconds = common.igzip, {"isal": [], "zlib": []}
+    if isal is None:
+        raise RuntimeError("the isal package is not installed: nothing to compare")
+    try:
+        for _ in range(repeats):
+            for name, module in (("isal", isal), ("zlib", None)):
+                common.igzip = module
+                started = time.perf_counter()
+                read_mimic(hosp, work / "decoder-spill", 20_000)
+                seconds[name].append(time.perf_counter() - started)
+                shutil.rmtree(work / "decoder-spill")
+    finally:
+        common.igzip = isal
+    medians = {name: round(statistics.median(values), 3) for name, values in seconds.items()}
+    return dict(medians, zlib_over_isal=round(medians["zlib"] / medians["isal"], 3),
+                repeats={name: [round(v, 3) for v in values] for name, values in seconds.items()})
+
+
 def _simulate(patients: int, work: Path, regenerate: bool) -> Path:
     target = work / f"mimic-{patients}"
     if regenerate and target.exists():
@@ -174,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="prepare's worker processes (default: prepare's own default, the usable cores up to 4)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target (ratio, peak RSS) is missed")
+    parser.add_argument("--compare-decoders", action="store_true",
+                        help="MIMIC only: also time the reader with gzip decoded by ISA-L and by zlib")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.patients < 1 or args.shards < 1 or args.warmup < 0:
         parser.error("--repeats, --patients and --shards must be >= 1, --warmup >= 0")
@@ -229,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
               f"largest single process {figures['peak_single_process_rss_gib']:.2f} GiB, DATA_DIR "
               f"{figures['data_dir_to_input']:.2f}x the input bytes -> "
               f"{'within targets' if ok else 'TARGET MISSED'}")
+        if args.compare_decoders and kind == "mimic":
+            figures["reader_decoders_s"] = decoders = compare_decoders(source, work, args.repeats)
+            print(f"reader (read + spill) medians: ISA-L {decoders['isal']:.2f} s, zlib {decoders['zlib']:.2f} s "
+                  f"(zlib / ISA-L {decoders['zlib_over_isal']:.2f}); repeats {decoders['repeats']}")
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
         return 1 if (args.check and not ok) else 0

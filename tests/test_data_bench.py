@@ -26,3 +26,14 @@ def test_bench_prepare_on_the_real_demo(tmp_path, mimic_demo_hosp, capsys):
     assert figures["prepare_process_s_median"] >= figures["prepare_s_median"]   # start-up comes on top
     assert 0.05 < figures["peak_tree_pss_gib"] < 2    # the sampler saw the child (and its workers)
     assert figures["data_dir_bytes"] > 0 and not (tmp_path / "w" / "out").exists()   # the outputs are cleaned up
+
+
+def test_compare_decoders_times_both_and_restores_isal(tmp_path, mimic_demo_hosp):
+    from sparseehr.data_pipeline.readers import common
+
+    before = common.igzip
+    figures = bench.compare_decoders(mimic_demo_hosp, tmp_path, repeats=2)
+    assert common.igzip is before is not None
+    assert len(figures["repeats"]["isal"]) == len(figures["repeats"]["zlib"]) == 2
+    assert figures["zlib_over_isal"] == pytest.approx(figures["zlib"] / figures["isal"], rel=0.01)
+    assert not (tmp_path / "decoder-spill").exists()
