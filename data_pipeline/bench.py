@@ -246,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             "peak_single_process_rss_gib": round(max_child / 2**30, 3), "num_proc": prepares[0]["num_proc"],
             "repeats": args.repeats, "warmup": args.warmup, "cpus": os.cpu_count(),
         }
-        ok = figures["ratio_median"] <= TARGET_RATIO and figures["peak_tree_pss_gib"] <= TARGET_RSS_GIB
+        # the target counts the child's start-up (imports) too: that is the time a user waits
+        ok = figures["ratio_with_startup_median"] <= TARGET_RATIO and figures["peak_tree_pss_gib"] <= TARGET_RSS_GIB
         print(f"median: plain read {read_median:.2f} s, prepare {prepare_median:.2f} s, ratio "
-              f"{figures['ratio_median']:.2f} (with start-up {figures['ratio_with_startup_median']:.2f}; target <= "
-              f"{TARGET_RATIO:g}), {figures['rows_per_s']:,} rows/s, "
+              f"{figures['ratio_median']:.2f}, with start-up {figures['ratio_with_startup_median']:.2f} (target <= "
+              f"{TARGET_RATIO:g} with start-up), {figures['rows_per_s']:,} rows/s, "
               f"peak memory {figures['peak_tree_pss_gib']:.2f} GiB PSS incl. workers (target <= {TARGET_RSS_GIB:g}; summed "
               f"RSS {figures['peak_tree_rss_sum_gib']:.2f} GiB counts pages shared with forked workers twice), "
               f"largest single process {figures['peak_single_process_rss_gib']:.2f} GiB, DATA_DIR "

@@ -88,9 +88,9 @@ class PrepareConfig:
 def _read(config: PrepareConfig, work: Path) -> RawRecords:
     if config.mimic is not None:
         from sparseehr.data_pipeline.readers.mimic import read_mimic
-        return read_mimic(config.mimic, work, config.partition_patients)
+        return read_mimic(config.mimic, work, config.partition_patients, config.num_proc)
     from sparseehr.data_pipeline.readers.meds import read_meds
-    return read_meds(config.meds, work, config.partition_patients)
+    return read_meds(config.meds, work, config.partition_patients, config.num_proc)
 
 
 def resolve_tokenizer_dir(path: str | Path) -> Path:

@@ -41,13 +41,23 @@ class PartitionPlan:
     starts: np.ndarray
 
     @classmethod
-    def from_subjects(cls, subject_ids: np.ndarray, patients_per_partition: int) -> "PartitionPlan":
-        """Cut the distinct subject ids (of the patients with visits) every `patients_per_partition` ids."""
-        if patients_per_partition < 1:
-            raise ValueError(f"patients_per_partition must be >= 1, got {patients_per_partition}")
+    def from_subjects(cls, subject_ids: np.ndarray, patients_per_partition: int,
+                      multiple_of: int = 1) -> "PartitionPlan":
+        """Cut the distinct subject ids (of the patients with visits) every `patients_per_partition` ids, or a
+        little more often so that the partition count is a multiple of `multiple_of` (the worker processes: 9
+        partitions on 2 workers leave one worker idle for the last one)."""
+        if patients_per_partition < 1 or multiple_of < 1:
+            raise ValueError(f"patients_per_partition and multiple_of must be >= 1, got {patients_per_partition}, "
+                             f"{multiple_of}")
         distinct = arrays.distinct(np.asarray(subject_ids, np.int64))
-        starts = distinct[::patients_per_partition] if len(distinct) else np.zeros(1, np.int64)
-        return cls(starts)
+        if not len(distinct):
+            return cls(np.zeros(1, np.int64))
+        count = -(-len(distinct) // patients_per_partition)
+        if count > 1 and multiple_of > 1 and count % multiple_of:
+            count = min(-(-count // multiple_of) * multiple_of, len(distinct))
+            # evenly spaced cuts: partitions differ by at most one patient, none larger than asked
+            return cls(distinct[np.arange(count) * len(distinct) // count])
+        return cls(distinct[::patients_per_partition])
 
     def __len__(self) -> int:
         return len(self.starts)

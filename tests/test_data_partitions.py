@@ -87,7 +87,8 @@ def test_an_error_inside_a_worker_process_reaches_the_user_and_leaves_nothing(tm
 
     import pyarrow.csv as pacsv
     subjects = sorted(set(pacsv.read_csv(mimic_demo_hosp / "admissions.csv.gz")["subject_id"].to_pylist()))
-    third_partition_first = subjects[2 * TINY]
+    # the third partition's first patient (2 workers: the partition count is rounded up to an even one)
+    third_partition_first = int(PartitionPlan.from_subjects(np.array(subjects), TINY, multiple_of=2).starts[2])
     monkeypatch.setattr(build, "build_timelines", failing)
     out = tmp_path / "out"
     assert main(["--mimic", str(mimic_demo_hosp), "--out", str(out), "--partition-patients", str(TINY),
@@ -102,7 +103,8 @@ def test_meds_in_tiny_partitions_gives_the_mimic_data_dir(tmp_path, one_partitio
     root = demo_to_meds(mimic_demo_hosp, tmp_path / "meds")
     out = tmp_path / "meds-out"
     report = _prepare(out, "--meds", root, "--partition-patients", str(TINY))
-    assert report["partitions"] == math.ceil(100 / TINY)
+    workers = report["num_proc"]      # the default: the cores; the count is rounded up to a multiple of it
+    assert report["partitions"] == math.ceil(math.ceil(100 / TINY) / workers) * workers
     reference = datadir.read_prepare_report(one_partition)
     for split in SPLITS:
         assert datadir.load_patients(out, split).to_list() == datadir.load_patients(one_partition, split).to_list()
@@ -133,3 +135,14 @@ def test_partition_plan_cuts_distinct_subjects_in_order():
     assert plan.partition_of(np.array([5, 10, 29, 30, 45, 50, 99])).tolist() == [0, 0, 0, 1, 1, 2, 2]
     with pytest.raises(ValueError):
         PartitionPlan.from_subjects(np.array([1]), 0)
+
+
+def test_partition_count_rounds_up_to_a_multiple_of_the_workers():
+    subjects = np.arange(100, 1000, 100)          # 9 distinct ids
+    assert len(PartitionPlan.from_subjects(subjects, 2)) == 5
+    balanced = PartitionPlan.from_subjects(subjects, 2, multiple_of=2)
+    assert balanced.starts.tolist() == [100, 200, 400, 500, 700, 800]    # cuts at 9 * k // 6 = 0, 1, 3, 4, 6, 7
+    # every partition holds at most the asked-for patients, and every id is in exactly one
+    counts = np.bincount(balanced.partition_of(subjects), minlength=len(balanced))
+    assert counts.max() <= 2 and counts.sum() == 9
+    assert len(PartitionPlan.from_subjects(subjects, 100, multiple_of=4)) == 1   # one partition stays one

@@ -8,6 +8,7 @@ admissions) are errors, not drops: they mean the extract is inconsistent, and a 
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -134,7 +135,8 @@ EVENT_TABLES = ((DIAGNOSES, ICD_COLUMNS, (MIMIC_SUBJECT, MIMIC_HADM, MIMIC_ICD_V
                 (HCPCS, HCPCS_COLUMNS, (MIMIC_SUBJECT, MIMIC_HADM), KIND_CPT, _hcpcs_events, False))
 
 
-def read_mimic(hosp_dir: str | Path, work: Path, patients_per_partition: int) -> RawRecords:
+def read_mimic(hosp_dir: str | Path, work: Path, patients_per_partition: int,
+               partition_multiple: int = 1) -> RawRecords:
     """Read a MIMIC-IV `hosp` folder into partitioned events + visits (spilled under `work`).
 
     patients and admissions are read whole (one row per patient / stay: the visit lookup needs them all); the
@@ -155,14 +157,16 @@ def read_mimic(hosp_dir: str | Path, work: Path, patients_per_partition: int) ->
             if path is not None:
                 streams.append((name, kind, builder, required, TableStream(path, columns, not_null,
                                                                            READ_AHEAD_BLOCKS)))
-        return _read(hosp_dir, work, patients_per_partition, patients_path, admissions_path, streams)
+        plan = partial(PartitionPlan.from_subjects, patients_per_partition=patients_per_partition,
+                       multiple_of=partition_multiple)
+        return _read(hosp_dir, work, plan, patients_path, admissions_path, streams)
     finally:
         for *_, stream in streams:
             stream.close()
 
 
-def _read(hosp_dir: Path, work: Path, patients_per_partition: int, patients_path: Path, admissions_path: Path,
-          streams: list) -> RawRecords:
+def _read(hosp_dir: Path, work: Path, plan, patients_path: Path, admissions_path: Path, streams: list
+          ) -> RawRecords:
     rows_read: dict[str, int] = {}
     path = patients_path
     patients = read_table(path, PATIENT_COLUMNS, not_null=(MIMIC_SUBJECT, "anchor_age", "anchor_year"))
@@ -203,8 +207,7 @@ def _read(hosp_dir: Path, work: Path, patients_per_partition: int, patients_path
     def visit_lookup(table_path: Path, table: pa.Table, offset: int):
         return _lookup_visits(table_path, table, offset, admission_index, adm_subject, adm_time, patient_ids)
 
-    spill = PartitionSpill(work, PartitionPlan.from_subjects(adm_subject, patients_per_partition), EVENTS_SCHEMA,
-                           VISITS_SCHEMA)
+    spill = PartitionSpill(work, plan(adm_subject), EVENTS_SCHEMA, VISITS_SCHEMA)
     try:
         # Demographics: MIMIC gives age at an anchor year; the birth year is anchor_year - anchor_age and, as in
         # the MIMIC-MEDS ETL, the birth time is January 1st of that year.
