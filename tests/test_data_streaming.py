@@ -54,6 +54,38 @@ def test_chunks_split_only_between_records(tmp_path, tiny_chunks, monkeypatch, i
     assert len(offsets) > 10 and offsets == sorted(offsets) and offsets[0] == 0
 
 
+def test_threaded_parsing_never_meets_a_straddling_value(tmp_path, monkeypatch):
+    """pyarrow 15-18 hang after a few "straddling object" errors from a threaded read_csv: chunks with quoted
+    newlines or lines longer than a block must go to the one-block, one-thread parse; short plain lines keep the
+    parallel multi-block parse."""
+    monkeypatch.setattr(streaming, "CSV_CHUNK_BYTES", 400)
+    monkeypatch.setattr(streaming, "CSV_PARSE_BLOCK_BYTES", 64)
+    calls, real_read_csv = [], pacsv.read_csv
+
+    def recording_read_csv(source, read_options=None, **kwargs):
+        if read_options is None:                            # _reference's whole-file read
+            return real_read_csv(source, **kwargs)
+        try:
+            return real_read_csv(source, read_options=read_options, **kwargs)
+        except pa.ArrowInvalid as exc:
+            calls.append((read_options.use_threads, "straddl" in str(exc)))
+            raise
+        finally:
+            calls.append((read_options.use_threads, None))
+
+    monkeypatch.setattr(pacsv, "read_csv", recording_read_csv)
+    long_line = f"7,{'w' * 150},1,x\n"                       # longer than a 64-byte block, no quotes
+    for name, rows, parallel in (("quoted", [f'{i},"two\nlines {i}",{i % 3},x\n' for i in range(60)], False), ("long", [long_line] * 6, False),
+                                 ("plain", [f"{i},p{i},{i % 3},y\n" for i in range(60)], True)):
+        calls.clear()
+        path = tmp_path / f"{name}.csv.gz"
+        _write(path, rows)
+        table, _ = _streamed(path)
+        assert table.to_pylist() == _reference(path).to_pylist(), name
+        assert not any(failed for _, failed in calls), f"{name}: a read_csv call failed: {calls}"
+        assert {threads for threads, _ in calls} == {parallel}, name
+
+
 def test_last_record_end():
     assert last_record_end(b'1,"a\nb"\n2,"c\n') == 8     # the second newline is inside an open quote
     assert last_record_end(b'1,"a\nb') == 0
