@@ -54,36 +54,53 @@ def test_chunks_split_only_between_records(tmp_path, tiny_chunks, monkeypatch, i
     assert len(offsets) > 10 and offsets == sorted(offsets) and offsets[0] == 0
 
 
-def test_threaded_parsing_never_meets_a_straddling_value(tmp_path, monkeypatch):
-    """pyarrow 15-18 hang after a few "straddling object" errors from a threaded read_csv: chunks with quoted
-    newlines or lines longer than a block must go to the one-block, one-thread parse; short plain lines keep the
-    parallel multi-block parse."""
-    monkeypatch.setattr(streaming, "CSV_CHUNK_BYTES", 400)
-    monkeypatch.setattr(streaming, "CSV_PARSE_BLOCK_BYTES", 64)
+@pytest.fixture
+def read_csv_calls(monkeypatch):
+    """(use_threads, error message or None) of every read_csv call made with ReadOptions."""
     calls, real_read_csv = [], pacsv.read_csv
 
     def recording_read_csv(source, read_options=None, **kwargs):
         if read_options is None:                            # _reference's whole-file read
             return real_read_csv(source, **kwargs)
         try:
-            return real_read_csv(source, read_options=read_options, **kwargs)
+            table = real_read_csv(source, read_options=read_options, **kwargs)
         except pa.ArrowInvalid as exc:
-            calls.append((read_options.use_threads, "straddl" in str(exc)))
+            calls.append((read_options.use_threads, str(exc)))
             raise
-        finally:
-            calls.append((read_options.use_threads, None))
+        calls.append((read_options.use_threads, None))
+        return table
 
     monkeypatch.setattr(pacsv, "read_csv", recording_read_csv)
-    long_line = f"7,{'w' * 150},1,x\n"                       # longer than a 64-byte block, no quotes
-    for name, rows, parallel in (("quoted", [f'{i},"two\nlines {i}",{i % 3},x\n' for i in range(60)], False), ("long", [long_line] * 6, False),
-                                 ("plain", [f"{i},p{i},{i % 3},y\n" for i in range(60)], True)):
-        calls.clear()
+    return calls
+
+
+def test_threaded_parsing_never_meets_a_straddling_value(tmp_path, monkeypatch, read_csv_calls):
+    """pyarrow 15-18 hang after a few "straddling object" errors from a threaded read_csv: chunks with quoted
+    newlines or lines longer than a block must go to the one-block, one-thread parse; short plain lines keep the
+    parallel multi-block parse."""
+    monkeypatch.setattr(streaming, "CSV_CHUNK_BYTES", 400)
+    monkeypatch.setattr(streaming, "CSV_PARSE_BLOCK_BYTES", 64)
+    quoted = [f'{i},"two\nlines {i}",{i % 3},x\n' for i in range(60)]
+    long = [f"7,{'w' * 150},1,x\n"] * 6                       # lines longer than a 64-byte block, no quotes
+    plain = [f"{i},p{i},{i % 3},y\n" for i in range(60)]
+    for name, rows, parallel in (("quoted", quoted, False), ("long", long, False), ("plain", plain, True)):
+        read_csv_calls.clear()
         path = tmp_path / f"{name}.csv.gz"
         _write(path, rows)
         table, _ = _streamed(path)
         assert table.to_pylist() == _reference(path).to_pylist(), name
-        assert not any(failed for _, failed in calls), f"{name}: a read_csv call failed: {calls}"
-        assert {threads for threads, _ in calls} == {parallel}, name
+        assert not any(error for _, error in read_csv_calls), f"{name}: a read_csv call failed: {read_csv_calls}"
+        assert {threads for threads, _ in read_csv_calls} == {parallel}, name
+
+
+def test_whole_file_read_retries_a_straddling_value_on_one_thread(tmp_path, monkeypatch, read_csv_calls):
+    monkeypatch.setattr(common, "CSV_BLOCK_BYTES", 64)
+    path = tmp_path / "wide.csv.gz"
+    _write(path, [f"{i},{'w' * 300},{i % 3},x\n" for i in range(5)])     # a field wider than the first block
+    assert common.read_table(path, COLUMNS).to_pylist() == _reference(path).to_pylist()
+    threaded = [error for threads, error in read_csv_calls if threads]
+    assert len(threaded) == 1 and "straddl" in threaded[0], read_csv_calls
+    assert [error for threads, error in read_csv_calls if not threads][-1] is None
 
 
 def test_last_record_end():

@@ -164,17 +164,19 @@ def _csv_convert_options(path: Path, columns: dict[str, pa.DataType]) -> tuple[l
 
 
 def _read_csv(path: Path, convert: pacsv.ConvertOptions) -> pa.Table:
-    """pyarrow read_csv with a block large enough for the file's longest field (valid CSV of any field size)."""
-    block = CSV_BLOCK_BYTES
+    """pyarrow read_csv with a block large enough for the file's longest field (valid CSV of any field size).
+    The retries parse on one thread: pyarrow 15-18's threaded read_csv hangs the process after a few
+    "straddling object" errors, so a file may cost at most one threaded failure (the streaming reader has none)."""
+    block, threads = CSV_BLOCK_BYTES, True
     while True:
         try:
             with open_decoded(path) as source:
-                return pacsv.read_csv(source, read_options=pacsv.ReadOptions(block_size=block),
+                return pacsv.read_csv(source, read_options=pacsv.ReadOptions(block_size=block, use_threads=threads),
                                       convert_options=convert)
         except pa.ArrowInvalid as exc:
             if "straddling" not in str(exc) or block >= CSV_BLOCK_MAX_BYTES:
                 raise
-            block *= 8
+            block, threads = block * 8, False
 
 
 def _field_of_offset(text: str, offset: int, header: list[str]) -> str:
